@@ -1,0 +1,58 @@
+"""The channel contract: how the outbox hands a reply to a platform.
+
+Webhook channels add ``parse``/``verify`` in their own modules; the contract every channel
+shares is only ``name`` and ``send``, so no channel needs empty stubs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One outbox row as a channel sees it."""
+
+    outbox_id: int
+    chat: str
+    text: str
+    kind: str
+    to: str
+    lang: str | None = None
+    intent: str | None = None
+    buttons: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_payload(cls, outbox_id: int, chat: str, payload: dict[str, Any]) -> Delivery:
+        return cls(outbox_id=outbox_id, chat=chat, text=payload["text"], kind=payload["kind"],
+                   to=payload.get("to", "customer"), lang=payload.get("lang"),
+                   intent=payload.get("intent"), buttons=list(payload.get("buttons") or []))
+
+
+class TemporaryDeliveryError(Exception):
+    """The platform may accept the message later (timeouts, 5xx, 429 with retry_after)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(Exception):
+    """The platform will never accept this message (blocked bot, chat not found)."""
+
+
+class Channel(Protocol):
+    name: str
+
+    async def send(self, delivery: Delivery) -> str | None:
+        """Deliver; return the platform's message id if it gives one. Raise a DeliveryError."""
+        ...
+
+
+def numbered_buttons(text: str, buttons: list[dict[str, str]]) -> str:
+    """Buttons as numbered text, for channels that have no buttons."""
+    if not buttons:
+        return text
+    options = "\n".join(f"{i}. {b['label']}" for i, b in enumerate(buttons, start=1))
+    return f"{text}\n\n{options}"

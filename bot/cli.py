@@ -1,0 +1,242 @@
+"""The ``supportbot`` command line (contract of DESIGN.md).
+
+Exit codes: 0 success, 1 bad input data (import, replay, classify), 2 usage or configuration
+error, 3 database unavailable or knowledge invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.db.database import DatabaseUnavailable
+from bot.knowledge import KnowledgeError
+from bot.logging_setup import configure_logging
+
+T = TypeVar("T")
+EXIT_DATA, EXIT_CONFIG, EXIT_UNAVAILABLE = 1, 2, 3
+
+
+class CliError(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (default: $SUPPORTBOT_CONFIG or ./supportbot.toml).")
+
+
+def settings_from(ctx: click.Context, config_path: Path | None) -> Settings:
+    path = config_path or (ctx.find_root().params.get("config_path"))
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    configure_logging(ctx.find_root().params.get("log_level") or "INFO", settings)
+    return settings
+
+
+def run_async(coro_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body; turn start-up failures into clear errors."""
+    @functools.wraps(coro_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(coro_fn(*args, **kwargs))
+        except DatabaseUnavailable as exc:
+            raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+        except KnowledgeError as exc:
+            raise CliError(f"knowledge base: {exc}", EXIT_UNAVAILABLE) from None
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@config_option
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="supportbot")
+def main(config_path: Path | None, log_level: str) -> None:
+    """supportbot: multilingual customer support for exporters."""
+
+
+@main.command()
+@config_option
+@click.option("--host", help="Listen address (default from [web] host).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default from [web] port).")
+@click.pass_context
+def serve(ctx: click.Context, config_path: Path | None, host: str | None, port: int | None) -> None:
+    """Run the whole service: web chat, webhooks, outbox."""
+    from bot.web.server import serve as run_server
+
+    settings = settings_from(ctx, config_path)
+    run_async(run_server)(settings, host or settings.web.host, port or settings.web.port)
+
+
+@main.command()
+@config_option
+@click.option("--chat", "chat_id", default="console", show_default=True,
+              help="Chat id of this console conversation (reuse it to continue).")
+@click.pass_context
+def chat(ctx: click.Context, config_path: Path | None, chat_id: str) -> None:
+    """Talk to the bot as a customer in the terminal (Ctrl-D or /quit to leave)."""
+    from bot.console import run_console
+
+    settings = settings_from(ctx, config_path)
+    run_async(run_console)(settings, chat_id, sys.stdin, click.echo)
+
+
+@main.command()
+@config_option
+@click.pass_context
+def classify(ctx: click.Context, config_path: Path | None) -> None:
+    """Read one message per line on stdin; print one JSON object per line."""
+    from intents.understanding import Understander
+
+    settings = settings_from(ctx, config_path)
+    understander = Understander(settings.languages.supported)
+    bad_lines = 0
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            bad_lines += 1
+            result: dict[str, Any] = {"line": number,
+                                      "error": f"not valid UTF-8 (byte {exc.start})"}
+        else:
+            result = understander.understand(text).as_dict()
+        click.echo(json.dumps(result, ensure_ascii=False))
+    if bad_lines:
+        raise CliError(f"{bad_lines} line(s) were not valid UTF-8", EXIT_DATA)
+
+
+@main.command("eval")
+@config_option
+@click.argument("tsv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def eval_command(ctx: click.Context, config_path: Path | None, tsv: Path, as_json: bool) -> None:
+    """Measure intent and language accuracy on a labelled TSV (header: lang intent text)."""
+    from intents.evaluation import EvalFileError, evaluate_file, format_report
+
+    settings = settings_from(ctx, config_path)
+    try:
+        report = evaluate_file(tsv, settings.languages.supported)
+    except EvalFileError as exc:
+        raise CliError(str(exc), EXIT_DATA) from None
+    click.echo(json.dumps(report, ensure_ascii=False, indent=2) if as_json
+               else format_report(report))
+
+
+@main.command()
+@config_option
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--database", "database_url",
+              help="Keep the run in this database (default: a fresh temporary one).")
+@click.pass_context
+def replay(ctx: click.Context, config_path: Path | None, scenario: Path,
+           database_url: str | None) -> None:
+    """Run a JSON Lines scenario on a simulated clock; print what the bot sends and decides."""
+    from bot.replay import ScenarioError, parse_scenario, run_replay
+
+    settings = settings_from(ctx, config_path)
+    try:
+        text = scenario.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{scenario}: cannot read scenario ({exc})", EXIT_DATA) from None
+    try:
+        events = parse_scenario(text)
+    except ScenarioError as exc:
+        raise CliError(f"{scenario}: {exc}", EXIT_DATA) from None
+    if database_url:
+        try:
+            settings = load_settings(config_path, database={"url": database_url})
+        except ConfigError as exc:
+            raise CliError(str(exc), EXIT_CONFIG) from None
+    with tempfile.TemporaryDirectory(prefix="supportbot-replay-") as tmp:
+        url = settings.database.url if database_url else f"sqlite+aiosqlite:///{tmp}/replay.db"
+        try:
+            run_async(run_replay)(settings, events, url, click.echo,
+                                  lambda m: click.echo(f"warning: {m}", err=True))
+        except ScenarioError as exc:
+            raise CliError(f"{scenario}: {exc}", EXIT_DATA) from None
+
+
+@main.command("import")
+@config_option
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--kind", type=click.Choice(["customer", "order", "order_event"]),
+              help="Record type, when it cannot be told from the fields.")
+@click.option("--dry-run", is_flag=True, help="Check the files; write nothing.")
+@click.pass_context
+def import_command(ctx: click.Context, config_path: Path | None, files: tuple[Path, ...],
+                   kind: str | None, dry_run: bool) -> None:
+    """Load customers, orders and order events from JSON Lines or CSV (all or nothing)."""
+    from bot.importer import ImportError_, import_files
+
+    settings = settings_from(ctx, config_path)
+    try:
+        summary = run_async(import_files)(settings, list(files), kind, dry_run)
+    except ImportError_ as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise CliError(f"nothing imported: {len(exc.problems)} problem(s)", EXIT_DATA) from None
+    click.echo(f"{'checked' if dry_run else 'imported'} {summary}")
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def report(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
+    """Basic figures from the database: conversations, messages, delivery, cases."""
+    from bot.reporting import collect_report, format_report
+
+    settings = settings_from(ctx, config_path)
+    figures = run_async(collect_report)(settings)
+    click.echo(json.dumps(figures, ensure_ascii=False, indent=2) if as_json
+               else format_report(figures))
+
+
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command()
+@config_option
+@click.pass_context
+def upgrade(ctx: click.Context, config_path: Path | None) -> None:
+    """Apply migrations up to the newest schema."""
+    from bot.db.database import Database, safe_url
+
+    settings = settings_from(ctx, config_path)
+
+    async def _upgrade() -> str | None:
+        database = Database(settings.database.url)
+        try:
+            await database.check()
+            await database.upgrade()
+            return await database.current_revision()
+        finally:
+            await database.dispose()
+
+    revision = run_async(_upgrade)()
+    click.echo(f"database {safe_url(settings.database.url)} is at revision {revision}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,311 @@
+"""Configuration: one TOML file plus environment overrides (contract of DESIGN.md).
+
+Every key can be overridden by ``SUPPORTBOT_<SECTION>__<KEY>``. Secrets are ``SecretStr`` so
+they never show in a repr, a log line or an error message. Errors name the key and the
+problem, never the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+CONFIG_ENV_VAR = "SUPPORTBOT_CONFIG"
+DEFAULT_CONFIG_FILE = "supportbot.toml"
+ALL_LANGUAGES = ("en", "zh", "ru", "es", "fr", "de", "pt", "ar")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+_DURATION = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*$")
+_INTERVAL = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key and the problem, never a value."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse "2h", "30m", "1d 4h", "90min" into a timedelta."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    if not match or not any(match.groups()):
+        raise ValueError(f"not a duration like '2h', '30m' or '1d 4h': {text!r}")
+    days, hours, minutes = (int(g) if g else 0 for g in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes)
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, so typos do not go unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CompanySettings(Section):
+    name: str = "Evergreen Flooring"
+    emergency_contact: str = "+86 519 8888 0000"
+    support_email: str = "support@evergreen-flooring.example"
+
+
+class HoursSettings(Section):
+    timezone: str = "Asia/Shanghai"
+    weekly: dict[str, list[str]] = Field(
+        default_factory=lambda: {day: ["09:00-18:00"] for day in WEEKDAYS[:5]}
+    )
+    holidays_country: str | None = "CN"
+    extra_closed: list[date] = Field(default_factory=list)
+    extra_open: list[date] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {value!r}") from None
+        return value
+
+    @field_validator("weekly")
+    @classmethod
+    def _valid_week(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        normalised: dict[str, list[str]] = {}
+        for day, intervals in value.items():
+            key = day.strip().lower()[:3]
+            if key not in WEEKDAYS:
+                raise ValueError(f"unknown weekday {day!r} (use mon, tue, ... sun)")
+            for interval in intervals:
+                if not _INTERVAL.match(interval.replace(" ", "")):
+                    raise ValueError(f"{day}: interval {interval!r} is not like '09:00-18:00'")
+            normalised[key] = [i.replace(" ", "") for i in intervals]
+        return normalised
+
+
+class SlaSettings(Section):
+    """Response-time targets in working time (SPEC §6)."""
+
+    first_response: timedelta = timedelta(hours=2)
+    first_response_urgent: timedelta = timedelta(minutes=30)
+    inquiry_ack: timedelta = timedelta(hours=1)
+    complaint_solution: timedelta = timedelta(hours=24)
+    technical_contact: timedelta = timedelta(hours=2)
+    order_confirmation: timedelta = timedelta(hours=24)
+    delivery_followup: timedelta = timedelta(hours=48)
+    change_notice: timedelta = timedelta(hours=4)
+    unclaimed_handoff: timedelta = timedelta(minutes=30)
+    warn_at: float = Field(default=0.8, gt=0, lt=1)
+
+    @field_validator(
+        "first_response", "first_response_urgent", "inquiry_ack", "complaint_solution",
+        "technical_contact", "order_confirmation", "delivery_followup", "change_notice",
+        "unclaimed_handoff", mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
+class LanguagesSettings(Section):
+    supported: list[str] = Field(default_factory=lambda: list(ALL_LANGUAGES))
+    default: str = "en"
+    detector: Literal["langdetect"] = "langdetect"
+
+    @field_validator("supported")
+    @classmethod
+    def _known_languages(cls, value: list[str]) -> list[str]:
+        unknown = [code for code in value if code not in ALL_LANGUAGES]
+        if unknown:
+            raise ValueError(f"unsupported language(s) {unknown}; choose from {list(ALL_LANGUAGES)}")
+        if not value:
+            raise ValueError("at least one language is required")
+        return value
+
+    @field_validator("default")
+    @classmethod
+    def _default_known(cls, value: str) -> str:
+        if value not in ALL_LANGUAGES:
+            raise ValueError(f"unsupported language {value!r}; choose from {list(ALL_LANGUAGES)}")
+        return value
+
+
+class DatabaseSettings(Section):
+    url: str = "sqlite+aiosqlite:///supportbot.db"
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        """Accept the usual sync URLs and pick the async driver the app runs on."""
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL like 'sqlite:///file.db' or "
+                             "'postgresql://user@host/db'") from None
+        backend = url.get_backend_name()
+        if backend == "sqlite":
+            url = url.set(drivername="sqlite+aiosqlite")
+        elif backend in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+asyncpg")
+        else:
+            raise ValueError(f"unsupported database {backend!r}; use sqlite or postgresql")
+        return url.render_as_string(hide_password=False)
+
+
+class TelegramSettings(Section):
+    token: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    mode: Literal["webhook", "polling"] = "webhook"
+    api_base_url: str = "https://api.telegram.org"
+    public_url: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+class SlackSettings(Section):
+    bot_token: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    agents_channel: str = "#support"
+    supervisors_channel: str = "#support-supervisors"
+    mode: Literal["http", "socket"] = "http"
+    app_token: SecretStr | None = None
+    api_base_url: str = "https://slack.com/api/"
+
+    @property
+    def enabled(self) -> bool:
+        return self.bot_token is not None
+
+
+class WechatSettings(Section):
+    token: SecretStr | None = None
+    app_id: str | None = None
+    app_secret: SecretStr | None = None
+    aes_key: SecretStr | None = None
+    api_base_url: str = "https://api.weixin.qq.com"
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+class WebSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class LimitsSettings(Section):
+    """Guards against abuse; a longer customer message is refused with a clear reply."""
+
+    max_message_chars: int = Field(default=8000, ge=1)
+
+
+class OutboxSettings(Section):
+    """Delivery retries: exponential backoff with jitter, then the message is marked failed."""
+
+    max_attempts: int = Field(default=10, ge=1)
+    base_delay_seconds: float = Field(default=1.0, gt=0)
+    max_delay_seconds: float = Field(default=300.0, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+
+class KnowledgeSettings(Section):
+    """Where the knowledge base lives; empty means the bundled demo knowledge."""
+
+    path: Path | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SUPPORTBOT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    company: CompanySettings = Field(default_factory=CompanySettings)
+    hours: HoursSettings = Field(default_factory=HoursSettings)
+    sla: SlaSettings = Field(default_factory=SlaSettings)
+    languages: LanguagesSettings = Field(default_factory=LanguagesSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    wechat: WechatSettings = Field(default_factory=WechatSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: explicit arguments, then the environment, then the file.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{key}: {message}"
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None) -> Path | None:
+    """The file named by --config, else $SUPPORTBOT_CONFIG, else ./supportbot.toml if present."""
+    if path:
+        return Path(path)
+    if os.environ.get(CONFIG_ENV_VAR):
+        return Path(os.environ[CONFIG_ENV_VAR])
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings, raising ConfigError with one line per problem."""
+    config_path = resolve_config_path(path)
+    if config_path is not None:
+        try:
+            with config_path.open("rb") as handle:
+                tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"{config_path}: config file not found") from None
+        except (PermissionError, IsADirectoryError) as exc:
+            raise ConfigError(f"{config_path}: cannot read config file ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{config_path}: not valid UTF-8") from None
+    loaded = type(
+        "LoadedSettings",
+        (Settings,),
+        {"model_config": {**Settings.model_config, "toml_file": config_path}},
+    )
+    # SUPPORTBOT_CONFIG names the file; it is not a settings key.
+    saved = os.environ.pop(CONFIG_ENV_VAR, None)
+    try:
+        return loaded(**overrides)
+    except ValidationError as exc:
+        where = f"{config_path}: " if config_path else ""
+        problems = "\n".join(f"  {where}{_describe(e)}" for e in exc.errors())
+        raise ConfigError(f"invalid configuration:\n{problems}") from None
+    finally:
+        if saved is not None:
+            os.environ[CONFIG_ENV_VAR] = saved

@@ -1,0 +1,139 @@
+"""The outbox dispatcher: every reply waits in the database until its platform accepts it.
+
+Retries use exponential backoff with jitter and honour a platform's ``retry_after``; a reply
+that can never be delivered is marked ``failed`` (never dropped silently). Replies to one
+chat go out in order: a chat's later replies wait while its oldest pending one is retried.
+With PostgreSQL, rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several processes
+never send the same reply twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
+
+from bot.channels.base import (
+    Channel,
+    Delivery,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+)
+from bot.clock import Clock
+from bot.config import OutboxSettings
+from bot.db.database import Database
+from bot.db.models import OutboxItem
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(attempt: int, settings: OutboxSettings,
+                  jitter: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number ``attempt`` (1-based): capped exponential, equal jitter.
+
+    The retry is a row in the database, not a loop in memory, so it survives restarts;
+    that is why it is scheduled here rather than by a retry decorator.
+    """
+    ceiling = min(settings.max_delay_seconds, settings.base_delay_seconds * 2 ** (attempt - 1))
+    return ceiling / 2 + jitter() * ceiling / 2
+
+
+class OutboxDispatcher:
+    def __init__(self, db: Database, clock: Clock, channels: dict[str, Channel],
+                 settings: OutboxSettings, jitter: Callable[[], float] = random.random) -> None:
+        self.db = db
+        self.clock = clock
+        self.channels = channels
+        self.settings = settings
+        self._jitter = jitter
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _due_heads(self, limit: int) -> list[int]:
+        """Ids of due rows that are the oldest pending row of their chat."""
+        older = aliased(OutboxItem)
+        oldest_pending = (
+            select(func.min(older.id))
+            .where(older.status == "pending", older.channel == OutboxItem.channel,
+                   older.chat == OutboxItem.chat)
+            .scalar_subquery()
+        )
+        query = (
+            select(OutboxItem.id)
+            .where(OutboxItem.status == "pending",
+                   OutboxItem.next_attempt_at <= self.clock.now(),
+                   OutboxItem.channel.in_(list(self.channels)),
+                   OutboxItem.id == oldest_pending)
+            .order_by(OutboxItem.id).limit(limit)
+        )
+        async with self.db.sessions() as session:
+            return list((await session.execute(query)).scalars())
+
+    async def dispatch_due(self, limit: int = 200) -> int:
+        """Send everything that is due now; returns how many rows were delivered."""
+        delivered = 0
+        while True:
+            heads = await self._due_heads(limit)
+            progressed = 0
+            for outbox_id in heads:
+                if await self._deliver(outbox_id):
+                    progressed += 1
+            delivered += progressed
+            if not heads or progressed == 0:
+                return delivered
+
+    async def _deliver(self, outbox_id: int) -> bool:
+        async with self.db.sessions.begin() as session:
+            query = select(OutboxItem).where(OutboxItem.id == outbox_id,
+                                             OutboxItem.status == "pending")
+            if self.db.is_postgres:
+                query = query.with_for_update(skip_locked=True)
+            item = (await session.execute(query)).scalar_one_or_none()
+            if item is None:  # sent meanwhile, or claimed by another process
+                return False
+            channel = self.channels[item.channel]
+            delivery = Delivery.from_payload(item.id, item.chat, item.payload)
+            now = self.clock.now()
+            item.attempts += 1
+            try:
+                item.external_id = await channel.send(delivery)
+            except PermanentDeliveryError as exc:
+                item.status, item.last_error = "failed", str(exc)[:500]
+                log.warning("outbox %d to %s failed permanently: %s", item.id, item.channel, exc)
+                return False
+            except (TimeoutError, TemporaryDeliveryError, OSError) as exc:
+                item.last_error = str(exc)[:500] or type(exc).__name__
+                if item.attempts >= self.settings.max_attempts:
+                    item.status = "failed"
+                    log.error("outbox %d to %s gave up after %d attempts: %s", item.id,
+                              item.channel, item.attempts, item.last_error)
+                    return False
+                delay = backoff_delay(item.attempts, self.settings, self._jitter)
+                retry_after = getattr(exc, "retry_after", None)
+                if retry_after is not None:
+                    delay = max(delay, float(retry_after))
+                item.next_attempt_at = now + timedelta(seconds=delay)
+                log.info("outbox %d to %s: retry %d in %.1f s (%s)", item.id, item.channel,
+                         item.attempts, delay, item.last_error)
+                return False
+            item.status, item.sent_at, item.last_error = "sent", now, None
+            return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set: on every wake-up, and every poll interval for retries."""
+        while not stop.is_set():
+            self._wake.clear()  # before dispatching, so a wake-up during it is not lost
+            try:
+                await self.dispatch_due()
+            except Exception:  # keep delivering after a database hiccup
+                log.exception("outbox dispatch failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_seconds)

@@ -1,0 +1,290 @@
+"""The message pipeline: store, acknowledge, understand, handle, queue the replies.
+
+Transaction 1 (``receive``) deduplicates on (channel, external id) and stores the message,
+its contact and conversation; only after it commits may a channel acknowledge the platform.
+Transaction 2 (``process``) understands the message, runs the handler and puts the replies
+in the outbox. A crash between the two is repaired by ``recover``, which processes every
+stored message that was not processed yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from bot.clock import Clock
+from bot.config import Settings
+from bot.db.database import Database
+from bot.db.models import Contact, Conversation, Customer, Message, OutboxItem
+from bot.knowledge import Knowledge
+from bot.types import InboundMessage, Reply
+from handlers import Handler, HandlerContext
+from intents.understanding import Understander, Understanding
+
+log = logging.getLogger(__name__)
+OPEN_STATUSES = ("open", "handed_off", "owned")
+
+
+class InvalidMessage(ValueError):
+    """A message the pipeline refuses; ``template`` is the reply explaining why."""
+
+    def __init__(self, reason: str, template: str, **values: object) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.template = template
+        self.values = values
+
+
+@dataclass
+class Received:
+    message_id: int
+    conversation_id: int
+    duplicate: bool
+
+
+@dataclass
+class Processed:
+    message_id: int
+    conversation_id: int
+    understanding: Understanding | None
+    replies: list[Reply] = field(default_factory=list)
+    outbox_ids: list[int] = field(default_factory=list)
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Validate customer text before anything is stored."""
+    text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMessage("text is not valid Unicode", "error.message_empty") from None
+    if not text.strip():
+        raise InvalidMessage("message is empty", "error.message_empty")
+    if len(text) > limit:
+        raise InvalidMessage(f"message is longer than {limit} characters",
+                             "error.message_too_long", limit=limit)
+    return text
+
+
+class Pipeline:
+    def __init__(self, *, settings: Settings, db: Database, clock: Clock, knowledge: Knowledge,
+                 understander: Understander, handlers: dict[str, Handler],
+                 on_outbox: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.clock = clock
+        self.knowledge = knowledge
+        self.understander = understander
+        self.handlers = handlers
+        self.on_outbox = on_outbox or (lambda: None)
+
+    async def handle(self, inbound: InboundMessage) -> Processed:
+        """Receive and process in one go (channels that answer synchronously)."""
+        received = await self.receive(inbound)
+        if received.duplicate:
+            return Processed(received.message_id, received.conversation_id, None)
+        return await self.process(received.message_id)
+
+    async def receive(self, inbound: InboundMessage) -> Received:
+        text = clean_text(inbound.text, self.settings.limits.max_message_chars)
+        now = self.clock.now()
+        try:
+            async with self.db.sessions.begin() as session:
+                if inbound.external_id is not None:
+                    existing = await self._find_duplicate(session, inbound)
+                    if existing is not None:
+                        return existing
+                contact = await self._contact(session, inbound, now)
+                conversation = await self._open_conversation(session, contact, now)
+                message = Message(
+                    conversation_id=conversation.id, direction="in", sender="customer",
+                    channel=inbound.channel, external_id=inbound.external_id, text=text,
+                    attachments=list(inbound.attachments), created_at=now,
+                )
+                session.add(message)
+                conversation.last_inbound_at = now
+                conversation.updated_at = now
+                await session.flush()
+                return Received(message.id, conversation.id, duplicate=False)
+        except IntegrityError:
+            # Another process stored the same delivery (or created the same contact) first.
+            async with self.db.sessions() as session:
+                existing = await self._find_duplicate(session, inbound)
+            if existing is None:
+                raise
+            return existing
+
+    async def _find_duplicate(self, session: AsyncSession, inbound: InboundMessage) -> Received | None:
+        row = (await session.execute(
+            select(Message.id, Message.conversation_id).where(
+                Message.channel == inbound.channel, Message.external_id == inbound.external_id)
+        )).first()
+        return Received(row.id, row.conversation_id, duplicate=True) if row else None
+
+    async def _contact(self, session: AsyncSession, inbound: InboundMessage, now: datetime) -> Contact:
+        contact = (await session.execute(
+            select(Contact).where(Contact.channel == inbound.channel, Contact.chat == inbound.chat)
+        )).scalar_one_or_none()
+        if contact is None:
+            contact = Contact(channel=inbound.channel, chat=inbound.chat, created_at=now)
+            session.add(contact)
+        contact.last_seen_at = now
+        if inbound.user_name:
+            contact.display_name = inbound.user_name
+        if inbound.language_hint:
+            contact.language_hint = inbound.language_hint
+        await session.flush()
+        return contact
+
+    async def _open_conversation(self, session: AsyncSession, contact: Contact,
+                                 now: datetime) -> Conversation:
+        conversation = (await session.execute(
+            select(Conversation)
+            .where(Conversation.contact_id == contact.id, Conversation.status.in_(OPEN_STATUSES))
+            .order_by(Conversation.id.desc()).limit(1)
+        )).scalar_one_or_none()
+        if conversation is None:
+            previous_language = (await session.execute(
+                select(Conversation.language).where(Conversation.contact_id == contact.id)
+                .order_by(Conversation.id.desc()).limit(1)
+            )).scalar_one_or_none()
+            conversation = Conversation(
+                contact_id=contact.id, customer_id=contact.customer_id, channel=contact.channel,
+                chat=contact.chat, status="open", language=previous_language, created_at=now,
+                updated_at=now, flow_state={},
+            )
+            session.add(conversation)
+            await session.flush()
+        return conversation
+
+    async def process(self, message_id: int) -> Processed:
+        now = self.clock.now()
+        async with self.db.sessions.begin() as session:
+            message = await session.get(Message, message_id, with_for_update=self.db.is_postgres)
+            if message is None:
+                raise LookupError(f"message {message_id} not found")
+            query = (select(Conversation).where(Conversation.id == message.conversation_id)
+                     .options(selectinload(Conversation.contact),
+                              selectinload(Conversation.customer)))
+            if self.db.is_postgres:  # one worker at a time per conversation
+                query = query.with_for_update(of=Conversation)
+            conversation = (await session.execute(query)).scalar_one()
+            if message.processed_at is not None:  # processed by another worker or a retry
+                return Processed(message.id, conversation.id, None)
+            customer = conversation.customer
+            if customer is None and conversation.contact.customer_id is not None:
+                customer = await session.get(Customer, conversation.contact.customer_id)
+                conversation.customer_id = conversation.contact.customer_id
+            understanding = self.understander.understand(message.text)
+            replies = self._command(message.text, conversation, now)
+            lang = self._language(conversation, customer, understanding)
+            if replies is None:
+                ctx = HandlerContext(
+                    session=session, settings=self.settings, knowledge=self.knowledge, now=now,
+                    conversation=conversation, contact=conversation.contact, customer=customer,
+                    message=message, understanding=understanding, lang=lang,
+                )
+                handler = self.handlers.get(understanding.intent) or self.handlers["unknown"]
+                replies = await handler.handle(ctx)
+                conversation.last_intent = understanding.intent
+            message.lang = understanding.lang
+            message.intent = understanding.intent
+            message.confidence = understanding.confidence
+            message.entities = understanding.entities
+            message.urgent = understanding.urgent
+            message.processed_at = now
+            conversation.updated_at = now
+            outbox_ids = await self.queue_replies(session, conversation, replies, now)
+        self.on_outbox()
+        return Processed(message.id, conversation.id, understanding, replies, outbox_ids)
+
+    def _language(self, conversation: Conversation, customer: Customer | None,
+                  understanding: Understanding) -> str:
+        """The reply language: explicit choice, else what the message shows, else what we knew."""
+        supported = self.settings.languages.supported
+        if not conversation.language_locked and understanding.lang in supported:
+            conversation.language = understanding.lang
+        if conversation.language in supported:
+            return conversation.language  # type: ignore[return-value]
+        for prior in (customer.language if customer else None,
+                      (conversation.contact.language_hint or "")[:2].lower() or None):
+            if prior in supported:
+                conversation.language = prior
+                return prior  # type: ignore[return-value]
+        return self.settings.languages.default
+
+    def _command(self, text: str, conversation: Conversation, now: datetime) -> list[Reply] | None:
+        """Chat commands, answered before any intent handling: /lang xx and /start."""
+        parts = text.strip().split()
+        if not parts or not parts[0].startswith("/"):
+            return None
+        command = parts[0][1:].split("@")[0].lower()
+        templates = self.knowledge.templates
+        if command == "lang" and len(parts) == 2:
+            code = parts[1].lower()
+            if code in self.settings.languages.supported:
+                conversation.language = code
+                conversation.language_locked = True
+                return [Reply(templates.render("language_set", code), lang=code,
+                              template="language_set")]
+            lang = conversation.language or self.settings.languages.default
+            return [Reply(templates.render("language_unsupported", lang,
+                                           supported=", ".join(self.settings.languages.supported)),
+                          lang=lang, template="language_unsupported")]
+        if command == "start":
+            lang = conversation.language or self.settings.languages.default
+            return [Reply(templates.render("welcome", lang, company=self.settings.company.name),
+                          lang=lang, template="welcome")]
+        return None
+
+    async def queue_replies(self, session: AsyncSession, conversation: Conversation,
+                            replies: list[Reply], now: datetime) -> list[int]:
+        """Store each reply as an outbound message plus an outbox row, in the caller's tx."""
+        ids: list[int] = []
+        for reply in replies:
+            message = Message(
+                conversation_id=conversation.id, direction="out", sender="bot",
+                channel=conversation.channel, audience=reply.to, kind=reply.kind,
+                text=reply.text, lang=reply.lang, intent=reply.intent, created_at=now,
+                processed_at=now,
+            )
+            session.add(message)
+            await session.flush()
+            item = OutboxItem(
+                message_id=message.id, channel=conversation.channel, chat=conversation.chat,
+                payload=reply_payload(reply), next_attempt_at=now, created_at=now,
+            )
+            session.add(item)
+            await session.flush()
+            ids.append(item.id)
+        if replies:
+            conversation.last_outbound_at = now
+        return ids
+
+    async def recover(self) -> int:
+        """Process every stored inbound message that a crash left unprocessed."""
+        async with self.db.sessions() as session:
+            pending = (await session.execute(
+                select(Message.id).where(Message.direction == "in", Message.processed_at.is_(None))
+                .order_by(Message.id)
+            )).scalars().all()
+        for message_id in pending:
+            await self.process(message_id)
+        if pending:
+            log.info("recovered %d unprocessed inbound message(s)", len(pending))
+        return len(pending)
+
+
+def reply_payload(reply: Reply) -> dict[str, object]:
+    return {
+        "text": reply.text, "kind": reply.kind, "to": reply.to, "lang": reply.lang,
+        "intent": reply.intent, "template": reply.template,
+        "buttons": [{"label": b.label, "payload": b.payload} for b in reply.buttons],
+    }

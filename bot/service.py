@@ -1,0 +1,78 @@
+"""The application object: everything a process needs, wired once from the settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bot.channels import Channel, build_channels
+from bot.clock import Clock, SystemClock
+from bot.config import Settings
+from bot.db.database import Database, DatabaseUnavailable
+from bot.knowledge import Knowledge
+from bot.outbox import OutboxDispatcher
+from bot.pipeline import Pipeline
+from handlers import build_handlers
+from intents.understanding import Understander
+
+log = logging.getLogger(__name__)
+
+
+class SchemaOutOfDate(DatabaseUnavailable):
+    """The database has not been migrated to this version's schema."""
+
+
+@dataclass
+class Service:
+    settings: Settings
+    clock: Clock
+    db: Database
+    knowledge: Knowledge
+    understander: Understander
+    pipeline: Pipeline
+    outbox: OutboxDispatcher
+
+    @classmethod
+    async def start(cls, settings: Settings, *, clock: Clock | None = None,
+                    channels: dict[str, Channel] | None = None,
+                    migrate: bool | None = None, database_url: str | None = None) -> Service:
+        """Check the database, migrate it (embedded SQLite by default), load the knowledge.
+
+        Raises ``DatabaseUnavailable`` or ``KnowledgeError`` with a message for the user.
+        """
+        clock = clock or SystemClock()
+        knowledge = Knowledge.load(settings.knowledge.path, settings.languages.supported,
+                                   settings.languages.default)
+        db = Database(database_url or settings.database.url, echo=settings.database.echo)
+        try:
+            await db.check()
+            if migrate if migrate is not None else db.is_sqlite:
+                await db.upgrade()
+            else:
+                await ensure_schema_current(db)
+        except BaseException:
+            await db.dispose()
+            raise
+        understander = Understander(settings.languages.supported)
+        outbox = OutboxDispatcher(db, clock, channels if channels is not None
+                                  else build_channels(settings), settings.outbox)
+        pipeline = Pipeline(settings=settings, db=db, clock=clock, knowledge=knowledge,
+                            understander=understander, handlers=build_handlers(),
+                            on_outbox=outbox.wake)
+        return cls(settings, clock, db, knowledge, understander, pipeline, outbox)
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+async def ensure_schema_current(db: Database) -> None:
+    from alembic.script import ScriptDirectory
+
+    from bot.db.database import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    current = await db.current_revision()
+    if current != head:
+        raise SchemaOutOfDate(
+            f"database schema is at {current or 'nothing'}, this version needs {head}: "
+            "run 'supportbot db upgrade'")

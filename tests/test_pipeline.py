@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.db.models import Contact, Conversation, Message, OutboxItem
+from bot.pipeline import InvalidMessage
+from bot.service import Service
+from bot.types import InboundMessage
+
+GREETINGS = {
+    "en": "hello", "zh": "你好", "ru": "Здравствуйте", "es": "Hola, buenos días",
+    "fr": "Bonjour", "de": "Guten Morgen", "pt": "Olá, bom dia", "ar": "مرحبا",
+}
+GOODBYES = {
+    "en": "bye", "zh": "再见", "ru": "до свидания", "es": "adiós", "fr": "au revoir",
+    "de": "tschüss", "pt": "tchau", "ar": "مع السلامة",
+}
+
+
+async def count(service: Service, model: Any) -> int:
+    async with service.db.sessions() as session:
+        return await session.scalar(select(func.count()).select_from(model)) or 0
+
+
+@pytest.mark.parametrize("lang", sorted(GREETINGS))
+async def test_greeting_is_answered_in_the_customers_language(make_chat: Any, service: Service,
+                                                              lang: str) -> None:
+    replies = await make_chat(f"chat-{lang}").say(GREETINGS[lang])
+    assert len(replies) == 1
+    reply = replies[0]
+    assert (reply.lang, reply.intent, reply.kind) == (lang, "greeting", "reply")
+    assert reply.text == service.knowledge.templates.render(
+        "greeting", lang, company=service.settings.company.name)
+    assert len(reply.buttons) == 6
+
+
+@pytest.mark.parametrize("lang", sorted(GOODBYES))
+async def test_goodbye_in_every_language(make_chat: Any, lang: str) -> None:
+    replies = await make_chat(f"bye-{lang}").say(GOODBYES[lang])
+    assert [(r.lang, r.intent) for r in replies] == [(lang, "goodbye")]
+
+
+async def test_unknown_message_gets_polite_fallback_offering_help(chat: Any) -> None:
+    replies = await chat.say("what will the weather be like in Lisbon tomorrow?")
+    assert [r.intent for r in replies] == ["unknown"]
+    assert replies[0].lang == "en"
+    assert {b["payload"] for b in replies[0].buttons} >= {"order_status", "human_agent"}
+
+
+async def test_short_message_keeps_the_conversation_language(chat: Any) -> None:
+    await chat.say("Здравствуйте")
+    for text in ("ok", "👍", "PO-118", "12345"):
+        replies = await chat.say(text)
+        assert replies[0].lang == "ru", text
+
+
+async def test_lang_command_sets_language_explicitly(chat: Any) -> None:
+    replies = await chat.say("/lang fr")
+    assert replies[0].lang == "fr"
+    replies = await chat.say("hello")  # an English word does not undo an explicit choice
+    assert replies[0].lang == "fr"
+    replies = await chat.say("/lang xx")
+    assert "en, zh, ru, es, fr, de, pt, ar" in replies[0].text
+
+
+async def test_customer_language_is_a_prior_for_ambiguous_messages(service: Service, chat: Any) -> None:
+    async with service.db.sessions.begin() as session:
+        from bot.db.models import Customer
+
+        customer = Customer(ref="C-1", language="de", created_at=service.clock.now(),
+                            updated_at=service.clock.now())
+        session.add(customer)
+        await session.flush()
+        session.add(Contact(channel="telegram", chat="tg-test", customer_id=customer.id,
+                            created_at=service.clock.now()))
+    replies = await chat.say("PO-24117?")
+    assert replies[0].lang == "de"
+
+
+async def test_duplicate_delivery_is_processed_once(service: Service, chat: Any,
+                                                    channels: Any) -> None:
+    first = await chat.say("hello", external_id="update-1")
+    second = await chat.say("hello", external_id="update-1")
+    assert len(first) == 1 and second == []
+    assert await count(service, Message) == 2  # one in, one out
+    assert await count(service, OutboxItem) == 1
+
+
+async def test_inbound_is_stored_before_processing_and_recovered_after_a_crash(
+        service: Service, channels: Any) -> None:
+    received = await service.pipeline.receive(InboundMessage(
+        channel="telegram", chat="tg-crash", text="hello", external_id="u-9"))
+    # The process "dies" here: stored, acknowledged, not processed.
+    async with service.db.sessions() as session:
+        stored = await session.get(Message, received.message_id)
+        assert stored is not None and stored.processed_at is None
+    assert await service.pipeline.recover() == 1
+    assert await service.pipeline.recover() == 0
+    await service.outbox.dispatch_due()
+    assert [d.intent for d in channels["telegram"].sent] == ["greeting"]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "message is empty"),
+    ("   \n\t ", "message is empty"),
+    ("x" * 100_000, "message is longer than 8000 characters"),
+    ("bad \ud800 surrogate", "text is not valid Unicode"),
+])
+async def test_invalid_messages_are_refused_and_nothing_is_stored(
+        service: Service, text: str, reason: str) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        await service.pipeline.handle(InboundMessage(channel="telegram", chat="tg-x", text=text,
+                                                     external_id="bad-1"))
+    assert info.value.reason == reason
+    for model in (Message, Contact, Conversation, OutboxItem):
+        assert await count(service, model) == 0
+
+
+async def test_nul_characters_are_removed_not_stored(service: Service, chat: Any) -> None:
+    replies = await chat.say("hel\x00lo")
+    async with service.db.sessions() as session:
+        texts = (await session.execute(
+            select(Message.text).where(Message.direction == "in"))).scalars().all()
+    assert texts == ["hello"] and replies[0].intent == "greeting"
+
+
+async def test_replies_are_recorded_with_understanding(service: Service, chat: Any) -> None:
+    await chat.say("Bonjour")
+    async with service.db.sessions() as session:
+        inbound = (await session.execute(
+            select(Message).where(Message.direction == "in"))).scalar_one()
+    assert (inbound.lang, inbound.intent) == ("fr", "greeting")
+    assert inbound.processed_at is not None
