@@ -1,7 +1,7 @@
 """The ``supportbot`` command line (contract of DESIGN.md).
 
 Exit codes: 0 success, 1 bad input data (import, replay, classify), 2 usage or configuration
-error, 3 database unavailable or knowledge invalid.
+error, 3 database unavailable or knowledge invalid, 4 an internal failure (a bug).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -23,7 +24,7 @@ from bot.knowledge import KnowledgeError
 from bot.logging_setup import configure_logging
 
 T = TypeVar("T")
-EXIT_DATA, EXIT_CONFIG, EXIT_UNAVAILABLE = 1, 2, 3
+EXIT_DATA, EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_INTERNAL = 1, 2, 3, 4
 
 
 class CliError(click.ClickException):
@@ -103,10 +104,11 @@ def chat(ctx: click.Context, config_path: Path | None, chat_id: str) -> None:
 @click.pass_context
 def classify(ctx: click.Context, config_path: Path | None) -> None:
     """Read one message per line on stdin; print one JSON object per line."""
-    from intents.understanding import Understander
+    from intents.understanding import shared_understander
 
     settings = settings_from(ctx, config_path)
-    understander = Understander(settings.languages.supported)
+    understander = shared_understander(tuple(settings.languages.supported),
+                                       settings.languages.detector)
     bad_lines = 0
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         try:
@@ -133,7 +135,7 @@ def eval_command(ctx: click.Context, config_path: Path | None, tsv: Path, as_jso
 
     settings = settings_from(ctx, config_path)
     try:
-        report = evaluate_file(tsv, settings.languages.supported)
+        report = evaluate_file(tsv, settings.languages.supported, settings.languages.detector)
     except EvalFileError as exc:
         raise CliError(str(exc), EXIT_DATA) from None
     click.echo(json.dumps(report, ensure_ascii=False, indent=2) if as_json
@@ -149,7 +151,7 @@ def eval_command(ctx: click.Context, config_path: Path | None, tsv: Path, as_jso
 def replay(ctx: click.Context, config_path: Path | None, scenario: Path,
            database_url: str | None) -> None:
     """Run a JSON Lines scenario on a simulated clock; print what the bot sends and decides."""
-    from bot.replay import ScenarioError, parse_scenario, run_replay
+    from bot.replay import ReplayFailure, ScenarioError, parse_scenario, run_replay
 
     settings = settings_from(ctx, config_path)
     try:
@@ -162,7 +164,8 @@ def replay(ctx: click.Context, config_path: Path | None, scenario: Path,
         raise CliError(f"{scenario}: {exc}", EXIT_DATA) from None
     if database_url:
         try:
-            settings = load_settings(config_path, database={"url": database_url})
+            settings = load_settings(config_path or ctx.find_root().params.get("config_path"),
+                                     database={"url": database_url})
         except ConfigError as exc:
             raise CliError(str(exc), EXIT_CONFIG) from None
     with tempfile.TemporaryDirectory(prefix="supportbot-replay-") as tmp:
@@ -172,6 +175,10 @@ def replay(ctx: click.Context, config_path: Path | None, scenario: Path,
                                   lambda m: click.echo(f"warning: {m}", err=True))
         except ScenarioError as exc:
             raise CliError(f"{scenario}: {exc}", EXIT_DATA) from None
+        except ReplayFailure as exc:
+            logging.getLogger(__name__).debug("replay failure", exc_info=True)
+            raise CliError(f"{scenario}: the bot failed on {exc} (run with --log-level DEBUG "
+                           "for details)", EXIT_INTERNAL) from None
 
 
 @main.command("import")

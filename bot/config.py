@@ -119,7 +119,7 @@ class SlaSettings(Section):
 class LanguagesSettings(Section):
     supported: list[str] = Field(default_factory=lambda: list(ALL_LANGUAGES))
     default: str = "en"
-    detector: Literal["langdetect"] = "langdetect"
+    detector: Literal["lingua", "langdetect"] = "lingua"
 
     @field_validator("supported")
     @classmethod
@@ -220,6 +220,19 @@ class OutboxSettings(Section):
     poll_seconds: float = Field(default=1.0, gt=0)
 
 
+class FlowSettings(Section):
+    """Multi-turn flows (quote, verification, complaint) and ownership checks."""
+
+    timeout: timedelta = timedelta(minutes=30)
+    verify_attempts: int = Field(default=3, ge=1)
+    verify_lock: timedelta = timedelta(minutes=30)
+
+    @field_validator("timeout", "verify_lock", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
 class KnowledgeSettings(Section):
     """Where the knowledge base lives; empty means the bundled demo knowledge."""
 
@@ -246,6 +259,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    flows: FlowSettings = Field(default_factory=FlowSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -33,9 +33,10 @@ Kind = Literal["customer", "order", "order_event"]
 class ImportError_(Exception):
     """The file cannot be imported; ``problems`` lists each bad row as 'line N: ...'."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], batch: Batch | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.batch = batch  # the rows that were valid, to check their references too
 
 
 class Record(BaseModel):
@@ -136,6 +137,10 @@ class Batch:
     customers: list[tuple[int, CustomerRecord]] = field(default_factory=list)
     orders: list[tuple[int, OrderRecord]] = field(default_factory=list)
     order_events: list[tuple[int, OrderEventRecord]] = field(default_factory=list)
+    # Where each record came from ("FILE: "), keyed by id(record), for problem messages.
+    sources: dict[int, str] = field(default_factory=dict)
+    # Customer ids and order numbers named on invalid rows: not reported again as unknown.
+    unresolved: set[str] = field(default_factory=set)
 
     def add(self, line: int, record: Record) -> None:
         if isinstance(record, CustomerRecord):
@@ -149,6 +154,15 @@ class Batch:
         self.customers += other.customers
         self.orders += other.orders
         self.order_events += other.order_events
+        self.sources.update(other.sources)
+        self.unresolved |= other.unresolved
+
+    def label(self, prefix: str) -> None:
+        for _, record in (*self.customers, *self.orders, *self.order_events):
+            self.sources[id(record)] = prefix
+
+    def where(self, line: int, record: Record) -> str:
+        return f"{self.sources.get(id(record), '')}line {line}"
 
     @property
     def size(self) -> int:
@@ -212,8 +226,11 @@ def validate_records(rows: Iterable[tuple[int, Any]], kind: Kind | None = None) 
             batch.add(line, MODELS[record_kind].model_validate(data))
         except ValidationError as exc:
             problems.extend(_problem(line, exc))
+            key = "id" if record_kind == "customer" else "number"
+            if isinstance(data.get(key), str):
+                batch.unresolved.add(data[key].strip())
     if problems:
-        raise ImportError_(problems)
+        raise ImportError_(problems, batch)
     return batch
 
 
@@ -241,14 +258,20 @@ def _csv_cell(column: str, value: str) -> Any:
         return None
     if column in _CSV_JSON_COLUMNS:
         if value.startswith(("[", "{")):
-            return json.loads(value)
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{column}: not valid JSON ({exc.msg})") from None
+        parts = [part for part in value.split(";") if part.strip()]
         if column == "contacts":  # compact form: telegram:tg-1001;webchat:abc
+            if not all(":" in part for part in parts):
+                raise ValueError("contacts: expected 'channel:chat;channel:chat' or JSON")
             return [dict(zip(("channel", "chat"), part.split(":", 1), strict=True))
-                    for part in value.split(";") if part.strip()]
-        return dict(part.split("=", 1) for part in value.split(";") if part.strip())
-    if column == "strategic":
-        return value.lower() in ("1", "true", "yes", "y")
-    return value
+                    for part in parts]
+        if not all("=" in part for part in parts):
+            raise ValueError(f"{column}: expected 'key=value;key=value' or JSON")
+        return dict(part.split("=", 1) for part in parts)
+    return value  # "yes"/"no", numbers and dates are checked by the record's model
 
 
 def read_csv(text: str) -> Iterator[tuple[int, Any]]:
@@ -261,8 +284,8 @@ def read_csv(text: str) -> Iterator[tuple[int, Any]]:
         try:
             yield line, {k: v for k, v in ((c, _csv_cell(c, row[c] or "")) for c in row)
                          if v is not None}
-        except (ValueError, json.JSONDecodeError) as exc:
-            yield line, _Malformed(f"cannot read cell: {exc}")
+        except ValueError as exc:
+            yield line, _Malformed(f"cannot read cell {exc}")
 
 
 def parse_text(text: str, fmt: Literal["jsonl", "csv"], kind: Kind | None = None) -> Batch:
@@ -278,9 +301,9 @@ def parse_text(text: str, fmt: Literal["jsonl", "csv"], kind: Kind | None = None
         batch = validate_records(good, kind)
     except ImportError_ as exc:
         problems.extend(exc.problems)
-        batch = Batch()
+        batch = exc.batch or Batch()
     if problems:
-        raise ImportError_(sorted(problems, key=_line_number))
+        raise ImportError_(sorted(problems, key=_line_number), batch)
     if batch.size == 0:
         raise ImportError_(["the file holds no records"])
     return batch
@@ -308,32 +331,43 @@ def read_file(path: Path, kind: Kind | None = None) -> Batch:
         raise ImportError_([f"{path}: line {line}: not valid UTF-8 (byte {exc.start})"]) from None
     fmt: Literal["jsonl", "csv"] = "csv" if path.suffix.lower() == ".csv" else "jsonl"
     try:
-        return parse_text(text, fmt, kind)
+        batch = parse_text(text, fmt, kind)
     except ImportError_ as exc:
-        raise ImportError_([f"{path}: {p}" for p in exc.problems]) from None
+        if exc.batch is not None:
+            exc.batch.label(f"{path}: ")
+        raise ImportError_([f"{path}: {p}" for p in exc.problems], exc.batch) from None
+    batch.label(f"{path}: ")
+    return batch
 
 
-async def apply_batch(session: AsyncSession, batch: Batch, now: datetime,
-                      source: str = "import") -> ImportSummary:
-    """Write a validated batch in the caller's transaction; checks references first."""
-    customers = {c.ref: c for c in (await session.execute(
-        select(Customer).where(Customer.ref.in_([r.id for _, r in batch.customers]))
-    )).scalars()}
-    order_refs = {r.customer for _, r in batch.orders} - {r.id for _, r in batch.customers}
+async def check_references(session: AsyncSession, batch: Batch) -> list[str]:
+    """Orders must name a known customer, order events a known order (here or stored)."""
+    batch_customers = {r.id for _, r in batch.customers}
+    order_refs = {r.customer for _, r in batch.orders} - batch_customers
     known_refs = set((await session.execute(
         select(Customer.ref).where(Customer.ref.in_(order_refs)))).scalars())
     order_numbers = {r.number for _, r in batch.orders}
     event_numbers = {r.number for _, r in batch.order_events} - order_numbers
     known_orders = set((await session.execute(
         select(Order.number).where(Order.number.in_(event_numbers)))).scalars())
-    problems = [f"line {line}: customer: {r.customer!r} is not a known customer id"
-                for line, r in batch.orders if r.customer not in known_refs
-                and r.customer not in {c.id for _, c in batch.customers}]
-    problems += [f"line {line}: number: order {r.number!r} does not exist"
-                 for line, r in batch.order_events
-                 if r.number not in known_orders and r.number not in order_numbers]
+    known_refs |= batch_customers | batch.unresolved
+    known_orders |= order_numbers | batch.unresolved
+    problems = [f"{batch.where(line, r)}: customer: {r.customer!r} is not a known customer id"
+                for line, r in batch.orders if r.customer not in known_refs]
+    problems += [f"{batch.where(line, r)}: number: order {r.number!r} does not exist"
+                 for line, r in batch.order_events if r.number not in known_orders]
+    return problems
+
+
+async def apply_batch(session: AsyncSession, batch: Batch, now: datetime,
+                      source: str = "import") -> ImportSummary:
+    """Write a validated batch in the caller's transaction; checks references first."""
+    problems = await check_references(session, batch)
     if problems:
         raise ImportError_(problems)
+    customers = {c.ref: c for c in (await session.execute(
+        select(Customer).where(Customer.ref.in_([r.id for _, r in batch.customers]))
+    )).scalars()}
 
     summary = ImportSummary()
     for _, record in batch.customers:
@@ -409,6 +443,8 @@ async def apply_order_event(session: AsyncSession, record: OrderEventRecord, at:
     order = (await session.execute(
         select(Order).where(Order.number == record.number))).scalar_one()
     changes: dict[str, Any] = {}
+    if record.note:
+        changes["note"] = record.note
     for name, value in record.model_dump(exclude={"number", "at", "note"},
                                          exclude_none=True).items():
         if getattr(order, name) != value:
@@ -436,7 +472,7 @@ async def import_files(settings: Any, paths: list[Path], kind: Kind | None = Non
                        dry_run: bool = False) -> ImportSummary:
     """Validate every file, then write them all in one transaction (or nothing)."""
     from bot.clock import SystemClock
-    from bot.service import Service
+    from bot.service import open_database
 
     batch, problems = Batch(), []
     for path in paths:
@@ -444,11 +480,15 @@ async def import_files(settings: Any, paths: list[Path], kind: Kind | None = Non
             batch.extend(read_file(path, kind))
         except ImportError_ as exc:
             problems.extend(exc.problems)
+            if exc.batch is not None:
+                batch.extend(exc.batch)
     if problems:
-        raise ImportError_(problems)
-    service = await Service.start(settings)
+        # Report the valid rows' unknown references too, so one run lists every bad row.
+        problems += await _stored_reference_problems(settings, batch)
+        raise ImportError_(_in_file_order(problems, paths))
+    db = await open_database(settings)
     try:
-        async with service.db.sessions() as session:
+        async with db.sessions() as session:
             transaction = await session.begin()
             try:
                 summary = await apply_batch(session, batch, SystemClock().now())
@@ -461,4 +501,32 @@ async def import_files(settings: Any, paths: list[Path], kind: Kind | None = Non
                 await transaction.commit()
         return summary
     finally:
-        await service.close()
+        await db.dispose()
+
+
+async def _stored_reference_problems(settings: Any, batch: Batch) -> list[str]:
+    """Best effort: without a reachable, migrated database the other problems stand alone."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.db.database import Database, DatabaseUnavailable
+
+    if not (batch.orders or batch.order_events):
+        return []
+    database = Database(settings.database.url)
+    try:
+        await database.check()
+        async with database.sessions() as session:
+            return await check_references(session, batch)
+    except (DatabaseUnavailable, SQLAlchemyError):  # unreachable, or no schema yet
+        return []
+    finally:
+        await database.dispose()
+
+
+def _in_file_order(problems: list[str], paths: list[Path]) -> list[str]:
+    def key(problem: str) -> tuple[int, int]:
+        for index, path in enumerate(paths):
+            if problem.startswith(f"{path}: "):
+                return index, _line_number(problem[len(f"{path}: "):])
+        return len(paths), 0
+    return sorted(problems, key=key)

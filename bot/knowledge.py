@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 import knowledge as knowledge_package
+from intents.datafiles import compose_yaml_text, load_yaml_text
 
 BUNDLED_KNOWLEDGE = Path(knowledge_package.__file__).parent
 
@@ -33,8 +34,8 @@ def load_yaml_mapping(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     except UnicodeDecodeError as exc:
         raise KnowledgeError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
     try:
-        node = yaml.compose(source, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(source)
+        node = compose_yaml_text(source)
+        data = load_yaml_text(source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = f"line {mark.line + 1}: " if mark else ""
@@ -143,7 +144,7 @@ def load_templates(directory: Path, languages: list[str], default_language: str)
         path = directory / f"{lang}.yaml"
         data, lines = load_yaml_mapping(path)
         for key, value in data.items():
-            if not isinstance(value, str) or not value.strip():
+            if not isinstance(value, str) or not value:
                 raise KnowledgeError(f"{path}: line {lines.get(key, '?')}: key {key!r}: "
                                      "expected a non-empty text")
         by_language[lang], lines_by_language[lang] = data, lines
@@ -178,17 +179,92 @@ def _placeholders(text: str) -> set[str]:
     return {name for _, name, _, _ in Formatter().parse(text) if name is not None}
 
 
+def load_agent_texts(path: Path) -> dict[str, str]:
+    data, lines = load_yaml_mapping(path)
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise KnowledgeError(f"{path}: line {lines.get(key, '?')}: key {key!r}: expected text")
+    return data
+
+
+@dataclass(frozen=True)
+class ForbiddenPhrase:
+    phrase: str
+    alternative: str
+
+
+@dataclass(frozen=True)
+class Phrases:
+    """House style per language: polite phrases, and forbidden ones with an alternative."""
+
+    polite: tuple[str, ...]
+    forbidden: tuple[ForbiddenPhrase, ...]
+
+
+def load_phrases(directory: Path, languages: list[str]) -> dict[str, Phrases]:
+    result = {}
+    for lang in languages:
+        path = directory / f"{lang}.yaml"
+        data, lines = load_yaml_mapping(path)
+        polite, forbidden = data.get("polite"), data.get("forbidden")
+        if not isinstance(polite, list) or not all(isinstance(p, str) and p for p in polite):
+            raise KnowledgeError(f"{path}: line {lines.get('polite', 1)}: 'polite' must be a "
+                                 "list of phrases")
+        if not isinstance(forbidden, list):
+            raise KnowledgeError(f"{path}: line {lines.get('forbidden', 1)}: 'forbidden' must "
+                                 "be a list of phrase/alternative pairs")
+        entries = []
+        for number, item in enumerate(forbidden, start=1):
+            if (not isinstance(item, dict) or not isinstance(item.get("phrase"), str)
+                    or not isinstance(item.get("alternative"), str)
+                    or not item["phrase"].strip() or not item["alternative"].strip()):
+                raise KnowledgeError(f"{path}: forbidden entry {number} (after line "
+                                     f"{lines.get('forbidden', 1)}): needs 'phrase' and "
+                                     "'alternative'")
+            entries.append(ForbiddenPhrase(item["phrase"].strip(), item["alternative"].strip()))
+        result[lang] = Phrases(tuple(polite), tuple(entries))
+    return result
+
+
+_CACHE: dict[tuple[Any, ...], tuple[tuple[Any, ...], Knowledge]] = {}
+
+
 @dataclass
 class Knowledge:
     root: Path
     templates: Templates
     catalogue: dict[str, Product] = field(default_factory=dict)
+    agent_texts: dict[str, str] = field(default_factory=dict)
+    pricing: Any = None  # bot.pricing.PriceTables
+    faq: Any = None  # bot.faq.Faq
+    phrases: dict[str, Phrases] = field(default_factory=dict)
+
+    @classmethod
+    def load_cached(cls, root: Path | None, languages: tuple[str, ...],
+                    default_language: str) -> Knowledge:
+        """Load once per process, and again only when a file in the folder has changed."""
+        folder = Path(root) if root else BUNDLED_KNOWLEDGE
+        signature = tuple(sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size)
+                                 for p in folder.rglob("*") if p.is_file()))
+        key = (str(folder), languages, default_language)
+        cached = _CACHE.get(key)
+        if cached is None or cached[0] != signature:
+            cached = (signature, cls.load(folder, list(languages), default_language))
+            _CACHE[key] = cached
+        return cached[1]
 
     @classmethod
     def load(cls, root: Path | None, languages: list[str], default_language: str) -> Knowledge:
+        from bot.faq import load_faq
+        from bot.pricing import load_price_tables
+
         root = Path(root) if root else BUNDLED_KNOWLEDGE
         if not root.is_dir():
             raise KnowledgeError(f"{root}: knowledge directory not found")
         templates = load_templates(root / "templates", languages, default_language)
         catalogue = load_catalogue(root / "catalogue.csv")
-        return cls(root=root, templates=templates, catalogue=catalogue)
+        return cls(root=root, templates=templates, catalogue=catalogue,
+                   agent_texts=load_agent_texts(root / "agents.yaml"),
+                   pricing=load_price_tables(root),
+                   faq=load_faq(root / "faq", languages),
+                   phrases=load_phrases(root / "phrases", languages))

@@ -23,10 +23,10 @@ from bot.clock import Clock
 from bot.config import Settings
 from bot.db.database import Database
 from bot.db.models import Contact, Conversation, Customer, Message, OutboxItem
-from bot.knowledge import Knowledge
+from bot.dialogue import Dialogue
+from bot.handoff import AGENTS_CHANNEL
 from bot.types import InboundMessage, Reply
-from handlers import Handler, HandlerContext
-from intents.understanding import Understander, Understanding
+from intents.understanding import Understanding
 
 log = logging.getLogger(__name__)
 OPEN_STATUSES = ("open", "handed_off", "owned")
@@ -74,15 +74,12 @@ def clean_text(text: str, limit: int) -> str:
 
 
 class Pipeline:
-    def __init__(self, *, settings: Settings, db: Database, clock: Clock, knowledge: Knowledge,
-                 understander: Understander, handlers: dict[str, Handler],
+    def __init__(self, *, settings: Settings, db: Database, clock: Clock, dialogue: Dialogue,
                  on_outbox: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.clock = clock
-        self.knowledge = knowledge
-        self.understander = understander
-        self.handlers = handlers
+        self.dialogue = dialogue
         self.on_outbox = on_outbox or (lambda: None)
 
     async def handle(self, inbound: InboundMessage) -> Processed:
@@ -182,18 +179,8 @@ class Pipeline:
             if customer is None and conversation.contact.customer_id is not None:
                 customer = await session.get(Customer, conversation.contact.customer_id)
                 conversation.customer_id = conversation.contact.customer_id
-            understanding = self.understander.understand(message.text)
-            replies = self._command(message.text, conversation, now)
-            lang = self._language(conversation, customer, understanding)
-            if replies is None:
-                ctx = HandlerContext(
-                    session=session, settings=self.settings, knowledge=self.knowledge, now=now,
-                    conversation=conversation, contact=conversation.contact, customer=customer,
-                    message=message, understanding=understanding, lang=lang,
-                )
-                handler = self.handlers.get(understanding.intent) or self.handlers["unknown"]
-                replies = await handler.handle(ctx)
-                conversation.last_intent = understanding.intent
+            understanding, replies = await self.dialogue.respond(
+                session, conversation, customer, message, now)
             message.lang = understanding.lang
             message.intent = understanding.intent
             message.confidence = understanding.confidence
@@ -204,45 +191,6 @@ class Pipeline:
             outbox_ids = await self.queue_replies(session, conversation, replies, now)
         self.on_outbox()
         return Processed(message.id, conversation.id, understanding, replies, outbox_ids)
-
-    def _language(self, conversation: Conversation, customer: Customer | None,
-                  understanding: Understanding) -> str:
-        """The reply language: explicit choice, else what the message shows, else what we knew."""
-        supported = self.settings.languages.supported
-        if not conversation.language_locked and understanding.lang in supported:
-            conversation.language = understanding.lang
-        if conversation.language in supported:
-            return conversation.language  # type: ignore[return-value]
-        for prior in (customer.language if customer else None,
-                      (conversation.contact.language_hint or "")[:2].lower() or None):
-            if prior in supported:
-                conversation.language = prior
-                return prior  # type: ignore[return-value]
-        return self.settings.languages.default
-
-    def _command(self, text: str, conversation: Conversation, now: datetime) -> list[Reply] | None:
-        """Chat commands, answered before any intent handling: /lang xx and /start."""
-        parts = text.strip().split()
-        if not parts or not parts[0].startswith("/"):
-            return None
-        command = parts[0][1:].split("@")[0].lower()
-        templates = self.knowledge.templates
-        if command == "lang" and len(parts) == 2:
-            code = parts[1].lower()
-            if code in self.settings.languages.supported:
-                conversation.language = code
-                conversation.language_locked = True
-                return [Reply(templates.render("language_set", code), lang=code,
-                              template="language_set")]
-            lang = conversation.language or self.settings.languages.default
-            return [Reply(templates.render("language_unsupported", lang,
-                                           supported=", ".join(self.settings.languages.supported)),
-                          lang=lang, template="language_unsupported")]
-        if command == "start":
-            lang = conversation.language or self.settings.languages.default
-            return [Reply(templates.render("welcome", lang, company=self.settings.company.name),
-                          lang=lang, template="welcome")]
-        return None
 
     async def queue_replies(self, session: AsyncSession, conversation: Conversation,
                             replies: list[Reply], now: datetime) -> list[int]:
@@ -258,8 +206,10 @@ class Pipeline:
             session.add(message)
             await session.flush()
             item = OutboxItem(
-                message_id=message.id, channel=conversation.channel, chat=conversation.chat,
-                payload=reply_payload(reply), next_attempt_at=now, created_at=now,
+                message_id=message.id, chat=conversation.chat,
+                channel=conversation.channel if reply.to == "customer" else AGENTS_CHANNEL,
+                payload={**reply_payload(reply), "customer_channel": conversation.channel},
+                next_attempt_at=now, created_at=now,
             )
             session.add(item)
             await session.flush()
@@ -287,4 +237,5 @@ def reply_payload(reply: Reply) -> dict[str, object]:
         "text": reply.text, "kind": reply.kind, "to": reply.to, "lang": reply.lang,
         "intent": reply.intent, "template": reply.template,
         "buttons": [{"label": b.label, "payload": b.payload} for b in reply.buttons],
+        "attachments": list(reply.attachments),
     }

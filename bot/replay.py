@@ -27,11 +27,15 @@ from bot.service import Service
 from bot.types import InboundMessage
 
 AGENT_ACTIONS = ("take", "reply", "note", "transfer", "accept", "release", "resolve")
-KNOWN_CHANNELS = ("telegram", "wechat", "webchat", "console")
+KNOWN_CHANNELS = ("telegram", "wechat", "webchat", "console", "slack")
 
 
 class ScenarioError(Exception):
     """The scenario file is malformed; the message names the line."""
+
+
+class ReplayFailure(Exception):
+    """The bot failed while handling an event: a bug, reported with the event's line."""
 
 
 @dataclass
@@ -145,8 +149,14 @@ class Replayer:
             if event.at is not None:
                 self.clock.set(event.at)
                 self.output_tz = event.at.tzinfo
-            await getattr(self, f"_{event.kind}")(event)
-            await self.service.outbox.dispatch_due()
+            try:
+                await getattr(self, f"_{event.kind}")(event)
+            except ScenarioError:
+                raise
+            except Exception as exc:
+                raise ReplayFailure(f"line {event.line}: {type(exc).__name__}: {exc}") from exc
+            # One row per round: the output keeps the order in which replies were queued.
+            await self.service.outbox.dispatch_due(limit=1)
 
     async def _setup(self, event: Event) -> None:
         setup = event.data["setup"]

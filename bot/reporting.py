@@ -8,13 +8,13 @@ from sqlalchemy import func, select
 
 from bot.config import Settings
 from bot.db.models import Case, Conversation, Message, OutboxItem
-from bot.service import Service
+from bot.service import open_database
 
 
 async def collect_report(settings: Settings) -> dict[str, Any]:
-    service = await Service.start(settings)
+    db = await open_database(settings)
     try:
-        async with service.db.sessions() as session:
+        async with db.sessions() as session:
             async def grouped(column: Any, *where: Any) -> dict[str, int]:
                 rows = await session.execute(
                     select(column, func.count()).where(*where).group_by(column))
@@ -38,7 +38,7 @@ async def collect_report(settings: Settings) -> dict[str, Any]:
                           "by_category": await grouped(Case.category)},
             }
     finally:
-        await service.close()
+        await db.dispose()
 
 
 def format_report(figures: dict[str, Any], indent: str = "") -> str:

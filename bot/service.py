@@ -9,11 +9,12 @@ from bot.channels import Channel, build_channels
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db.database import Database, DatabaseUnavailable
+from bot.dialogue import Dialogue
 from bot.knowledge import Knowledge
 from bot.outbox import OutboxDispatcher
 from bot.pipeline import Pipeline
 from handlers import build_handlers
-from intents.understanding import Understander
+from intents.understanding import Understander, shared_understander
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +42,38 @@ class Service:
         Raises ``DatabaseUnavailable`` or ``KnowledgeError`` with a message for the user.
         """
         clock = clock or SystemClock()
-        knowledge = Knowledge.load(settings.knowledge.path, settings.languages.supported,
-                                   settings.languages.default)
-        db = Database(database_url or settings.database.url, echo=settings.database.echo)
-        try:
-            await db.check()
-            if migrate if migrate is not None else db.is_sqlite:
-                await db.upgrade()
-            else:
-                await ensure_schema_current(db)
-        except BaseException:
-            await db.dispose()
-            raise
-        understander = Understander(settings.languages.supported)
+        knowledge = Knowledge.load_cached(settings.knowledge.path,
+                                          tuple(settings.languages.supported),
+                                          settings.languages.default)
+        db = await open_database(settings, migrate=migrate, database_url=database_url)
+        understander = shared_understander(tuple(settings.languages.supported),
+                                           settings.languages.detector)
         outbox = OutboxDispatcher(db, clock, channels if channels is not None
                                   else build_channels(settings), settings.outbox)
-        pipeline = Pipeline(settings=settings, db=db, clock=clock, knowledge=knowledge,
-                            understander=understander, handlers=build_handlers(),
+        dialogue = Dialogue(settings, knowledge, understander, build_handlers())
+        pipeline = Pipeline(settings=settings, db=db, clock=clock, dialogue=dialogue,
                             on_outbox=outbox.wake)
         return cls(settings, clock, db, knowledge, understander, pipeline, outbox)
 
     async def close(self) -> None:
         await self.db.dispose()
+
+
+async def open_database(settings: Settings, *, migrate: bool | None = None,
+                        database_url: str | None = None) -> Database:
+    """The database alone, checked and migrated like ``Service.start`` does, for commands
+    that need no knowledge or classifier (import, report)."""
+    db = Database(database_url or settings.database.url, echo=settings.database.echo)
+    try:
+        await db.check()
+        if migrate if migrate is not None else db.is_sqlite:
+            await db.upgrade()
+        else:
+            await ensure_schema_current(db)
+    except BaseException:
+        await db.dispose()
+        raise
+    return db
 
 
 async def ensure_schema_current(db: Database) -> None:

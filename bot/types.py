@@ -51,3 +51,5 @@ class Reply:
     lang: str | None = None
     intent: str | None = None
     template: str | None = None
+    # Files to send with the text, e.g. {"type": "pi", "name": "PI-24117.pdf"}.
+    attachments: list[dict[str, str]] = field(default_factory=list)

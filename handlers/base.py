@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,6 +13,11 @@ from bot.db.models import Contact, Conversation, Customer, Message
 from bot.knowledge import Knowledge
 from bot.types import Button, Reply
 from intents.understanding import Understanding
+
+# A different intent at least this confident leaves the current flow ("a new question").
+SWITCH_CONFIDENCE = 0.8
+MENU = ("order_status", "quote_request", "complaint", "documents", "product_info",
+        "human_agent")
 
 
 @dataclass
@@ -39,11 +44,36 @@ class HandlerContext:
                      buttons=buttons or [], lang=self.lang,
                      intent=self.understanding.intent, template=key)
 
-    def menu_buttons(self) -> list[Button]:
+    def menu_buttons(self, *intents: str) -> list[Button]:
         """The main things the bot can do, offered as buttons (numbered text elsewhere)."""
         return [Button(label=self.text(f"button.{intent}"), payload=intent)
-                for intent in ("order_status", "quote_request", "complaint", "documents",
-                               "product_info", "human_agent")]
+                for intent in (intents or MENU)]
+
+    def start_flow(self, name: str, state: dict[str, Any]) -> None:
+        self.conversation.flow = name
+        self.conversation.flow_state = dict(state)
+        self.conversation.flow_expires_at = self.now + self.settings.flows.timeout
+
+    def update_flow(self, **changes: Any) -> dict[str, Any]:
+        state = {**(self.conversation.flow_state or {}), **changes}
+        self.conversation.flow_state = state  # a new dict, so the JSON column is saved
+        self.conversation.flow_expires_at = self.now + self.settings.flows.timeout
+        return state
+
+    def end_flow(self) -> None:
+        self.conversation.flow = None
+        self.conversation.flow_state = {}
+        self.conversation.flow_expires_at = None
+
+    def remember(self, key: str, value: Any) -> None:
+        """Facts kept for the whole conversation (e.g. incoterms already explained)."""
+        self.conversation.context = {**(self.conversation.context or {}), key: value}
+
+    def recall(self, key: str, default: Any = None) -> Any:
+        return (self.conversation.context or {}).get(key, default)
+
+    def later(self, delta: timedelta) -> datetime:
+        return self.now + delta
 
 
 class Handler(Protocol):
@@ -52,3 +82,32 @@ class Handler(Protocol):
     intent: str
 
     async def handle(self, ctx: HandlerContext) -> list[Reply]: ...
+
+
+@runtime_checkable
+class FlowHandler(Protocol):
+    """A handler with a multi-turn flow stored in the conversation (``flow`` = its intent)."""
+
+    intent: str
+
+    async def handle(self, ctx: HandlerContext) -> list[Reply]: ...
+
+    def accepts(self, ctx: HandlerContext) -> bool: ...
+
+    async def resume(self, ctx: HandlerContext) -> list[Reply]: ...
+
+
+class FlowMixin:
+    """Default rule for whether a message continues the flow or asks something new."""
+
+    intent: str
+    flow_intents: ClassVar[tuple[str, ...]] = ()
+    flow_entities: ClassVar[tuple[str, ...]] = ()
+
+    def accepts(self, ctx: HandlerContext) -> bool:
+        understood = ctx.understanding
+        if understood.intent in ("unknown", self.intent, *self.flow_intents):
+            return True
+        if any(key in understood.entities for key in self.flow_entities):
+            return True
+        return understood.confidence < SWITCH_CONFIDENCE

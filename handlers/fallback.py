@@ -5,9 +5,10 @@ from handlers.base import HandlerContext
 
 
 class FallbackHandler:
-    """Answers what the bot did not understand: a polite apology and what it can help with."""
+    """For a recognised intent that has no handler of its own in this deployment: an
+    honest, polite answer that lists what the bot can do."""
 
-    intent = "unknown"
+    intent = "fallback"
 
     async def handle(self, ctx: HandlerContext) -> list[Reply]:
         return [ctx.reply("fallback", buttons=ctx.menu_buttons())]

@@ -79,8 +79,8 @@ def evaluate(samples: list[tuple[str, str, str]], understander: Understander) ->
     }
 
 
-def evaluate_file(path: Path, languages: list[str]) -> dict[str, Any]:
-    return evaluate(read_labelled(path), Understander(languages))
+def evaluate_file(path: Path, languages: list[str], detector: str = "lingua") -> dict[str, Any]:
+    return evaluate(read_labelled(path), Understander(languages, detector))
 
 
 def format_report(report: dict[str, Any]) -> str:

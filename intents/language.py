@@ -1,81 +1,148 @@
-"""Language detection for short chat messages.
+"""Language detection for short chat messages, behind one interface with two backends.
 
-Script evidence comes first (Han without kana is Chinese, Cyrillic Russian, Arabic Arabic);
-Latin-script text is identified by the words of the intent lexicons, then by langdetect.
-Text with too little evidence ("ok", "PO-118", "👍", digits) gets no language, so the
-conversation keeps the one it has.
+Script evidence comes first (Han without kana is Chinese, Cyrillic Russian, Arabic
+Arabic). Latin-script text is judged on its words: trade codes ("PO-118", "FOB", "SPC",
+"40HQ", "m2") are no evidence of a language; the intent lexicons' words are; then the
+backend (lingua by default, langdetect as the alternative). Text with too little evidence
+("ok", "PO-118", "👍", digits) gets no language, and a guess is marked ``strong`` only when
+the evidence would justify switching a conversation's language.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
-from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
-from langdetect import DetectorFactory, detect_langs
-from langdetect.lang_detect_exception import LangDetectException
+from intents.text import normalise
 
-DetectorFactory.seed = 0  # langdetect is random unless seeded
-
-_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _KANA = re.compile(r"[\u3040-\u30ff]")
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 _ARABIC = re.compile(r"[\u0600-\u06ff\u0750-\u077f\ufb50-\ufdff\ufe70-\ufeff]")
-_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-_LANGDETECT_CODES = {"zh-cn": "zh", "zh-tw": "zh"}
-MIN_LATIN_LETTERS = 8  # below this, langdetect guesses; a lexicon hit is needed instead
+_LATIN_WORD = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿĀ-ž]+(?:['’-][A-Za-zÀ-ÖØ-öø-ÿĀ-ž]+)*")
+# Words shared by every language in this trade: they say nothing about the language.
+_TRADE_TOKEN = re.compile(
+    r"^(?:po|so|spc|wpc|pvc|lvt|lam|fob|cif|cfr|ddp|exw|dap|fca|cpt|cip|gp|hq|hc|mm|m|sqm|"
+    r"kg|pcs|pi|ci|bl|coa|sgs|bv|id|ok|okay|okey|thx|ty|pls|plz|lol|hmm|ah|oh|eh|ha|haha|"
+    r"iphone|email|e|mail|usd|eur|rmb|cny)$", re.IGNORECASE)
+MIN_LATIN_LETTERS = 3
+STRONG_LATIN_LETTERS = 12
+LINGUA_CODES = {"en": "ENGLISH", "zh": "CHINESE", "ru": "RUSSIAN", "es": "SPANISH",
+                "fr": "FRENCH", "de": "GERMAN", "pt": "PORTUGUESE", "ar": "ARABIC"}
 
 
-def strip_accents(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+@dataclass(frozen=True)
+class LanguageGuess:
+    lang: str | None
+    confidence: float = 0.0
+    strong: bool = False
+
+
+NO_LANGUAGE = LanguageGuess(None)
+
+
+class LanguageBackend(Protocol):
+    name: str
+
+    def confidences(self, text: str) -> list[tuple[str, float]]:
+        """(language, confidence) pairs, best first; empty when the backend cannot tell."""
+        ...
+
+
+class LinguaBackend:
+    """lingua, restricted to the supported languages; models are loaded once, up front."""
+
+    name = "lingua"
+
+    def __init__(self, supported: tuple[str, ...]) -> None:
+        from lingua import Language, LanguageDetectorBuilder
+
+        languages = [getattr(Language, LINGUA_CODES[code]) for code in supported]
+        self._codes = {getattr(Language, LINGUA_CODES[code]): code for code in supported}
+        builder = LanguageDetectorBuilder.from_languages(*languages) if len(languages) > 1 \
+            else LanguageDetectorBuilder.from_languages(*languages, getattr(Language, "ENGLISH"))
+        self._detector = builder.with_preloaded_language_models().build()
+
+    def confidences(self, text: str) -> list[tuple[str, float]]:
+        values = self._detector.compute_language_confidence_values(text)
+        return [(self._codes[v.language], v.value) for v in values if v.language in self._codes]
+
+
+class LangdetectBackend:
+    """langdetect, seeded so that the same text always gets the same answer."""
+
+    name = "langdetect"
+    _codes = {"zh-cn": "zh", "zh-tw": "zh"}
+
+    def __init__(self, supported: tuple[str, ...]) -> None:
+        from langdetect import DetectorFactory
+
+        DetectorFactory.seed = 0
+        self.supported = supported
+
+    def confidences(self, text: str) -> list[tuple[str, float]]:
+        from langdetect import detect_langs
+        from langdetect.lang_detect_exception import LangDetectException
+
+        try:
+            found = detect_langs(text)
+        except LangDetectException:
+            return []
+        pairs = [(self._codes.get(c.lang, c.lang), c.prob) for c in found]
+        return [(code, prob) for code, prob in pairs if code in self.supported]
+
+
+BACKENDS = {"lingua": LinguaBackend, "langdetect": LangdetectBackend}
 
 
 class LanguageDetector:
-    """Detects one of the supported languages, or None when the evidence is too weak."""
-
-    def __init__(self, supported: Iterable[str], lexicon: dict[str, set[str]] | None = None):
+    def __init__(self, supported: list[str] | tuple[str, ...], backend: str = "lingua",
+                 lexicon: dict[str, list[re.Pattern[str]]] | None = None) -> None:
         self.supported = tuple(supported)
-        # word -> languages that use it, for short Latin-script messages ("hola", "danke")
-        self._lexicon: dict[str, set[str]] = {}
-        for lang, words in (lexicon or {}).items():
-            for word in words:
-                self._lexicon.setdefault(strip_accents(word.lower()), set()).add(lang)
+        self.backend: LanguageBackend = BACKENDS[backend](self.supported)
+        self._lexicon = {lang: patterns for lang, patterns in (lexicon or {}).items()
+                         if lang in self.supported}
 
-    def detect(self, text: str) -> str | None:
-        letters = _LETTER.findall(text)
+    def detect(self, text: str) -> LanguageGuess:
+        letters = sum(1 for c in text if c.isalpha())
         if not letters:
-            return None
-        han, cyrillic, arabic = (len(p.findall(text)) for p in (_HAN, _CYRILLIC, _ARABIC))
-        scripted = {"zh": han if not _KANA.search(text) else 0, "ru": cyrillic, "ar": arabic}
-        lang, count = max(scripted.items(), key=lambda item: item[1])
-        if count and count * 2 >= len(letters) - count:
-            return lang if lang in self.supported else None
-        if count and len(letters) - count < MIN_LATIN_LETTERS:
-            return lang if lang in self.supported else None
-        return self._latin(text)
+            return NO_LANGUAGE
+        han = 0 if _KANA.search(text) else len(_HAN.findall(text))
+        scripts = {"zh": han * 3, "ru": len(_CYRILLIC.findall(text)),
+                   "ar": len(_ARABIC.findall(text))}
+        words = [w for w in _LATIN_WORD.findall(text) if not _TRADE_TOKEN.match(w)]
+        latin = sum(len(w) for w in words)
+        script_lang, script_weight = max(scripts.items(), key=lambda item: item[1])
+        if script_weight and script_weight >= latin:
+            if script_lang not in self.supported:
+                return NO_LANGUAGE
+            raw_count = script_weight // 3 if script_lang == "zh" else script_weight
+            return LanguageGuess(script_lang, 1.0, strong=raw_count >= 2)
+        if latin < MIN_LATIN_LETTERS:
+            return NO_LANGUAGE
+        return self._latin(" ".join(words), latin)
 
-    def _latin(self, text: str) -> str | None:
-        normalised = strip_accents(text.lower())
-        votes: dict[str, int] = {}
-        for phrase, langs in self._lexicon.items():
-            if " " in phrase and phrase in normalised or phrase in _WORD.findall(normalised):
-                for lang in langs:
-                    votes[lang] = votes.get(lang, 0) + 1
-        if votes:
-            best = max(votes.values())
-            winners = [lang for lang, n in votes.items() if n == best and lang in self.supported]
-            if len(winners) == 1:
-                return winners[0]
-        latin_letters = sum(1 for c in text if c.isalpha() and c.isascii() or c in "äöüßéèêàçñõãáíóú")
-        if latin_letters < MIN_LATIN_LETTERS:
-            return None
-        try:
-            candidates = detect_langs(text)
-        except LangDetectException:
-            return None
-        for candidate in candidates:
-            code = _LANGDETECT_CODES.get(candidate.lang, candidate.lang)
-            if code in self.supported and candidate.prob >= 0.7:
-                return code
-        return None
+    def _latin(self, text: str, latin_letters: int) -> LanguageGuess:
+        folded = normalise(text, mask_numbers=False)
+        votes = {lang: sum(1 for p in patterns if p.search(folded))
+                 for lang, patterns in self._lexicon.items()}
+        candidates = self.backend.confidences(text)
+        backend_best, backend_conf = candidates[0] if candidates else (None, 0.0)
+        best_vote = max(votes.values(), default=0)
+        voted = [lang for lang, n in votes.items() if n == best_vote and n > 0
+                 and lang not in ("zh", "ru", "ar")]
+        if len(voted) == 1 and (backend_best == voted[0] or backend_conf < 0.9
+                                or latin_letters < STRONG_LATIN_LETTERS):
+            return LanguageGuess(voted[0], max(backend_conf, 0.8), strong=True)
+        if len(voted) > 1:
+            # Several languages know the words ("hello" is French chat too): the backend
+            # decides among them, English first on a tie as the trade's common language.
+            confidence = dict(candidates)
+            chosen = max(voted, key=lambda lang: (confidence.get(lang, 0.0), lang == "en"))
+            return LanguageGuess(chosen, confidence.get(chosen, 0.0),
+                                 strong=latin_letters >= STRONG_LATIN_LETTERS)
+        if backend_best is None or backend_best in ("zh", "ru", "ar"):
+            return NO_LANGUAGE
+        strong = latin_letters >= STRONG_LATIN_LETTERS and backend_conf >= 0.6
+        return LanguageGuess(backend_best, backend_conf, strong=strong)

@@ -43,11 +43,19 @@ async def test_goodbye_in_every_language(make_chat: Any, lang: str) -> None:
     assert [(r.lang, r.intent) for r in replies] == [(lang, "goodbye")]
 
 
-async def test_unknown_message_gets_polite_fallback_offering_help(chat: Any) -> None:
+async def test_unknown_gets_one_clarifying_question_then_a_human_is_offered(
+        chat: Any, service: Service) -> None:
     replies = await chat.say("what will the weather be like in Lisbon tomorrow?")
-    assert [r.intent for r in replies] == ["unknown"]
-    assert replies[0].lang == "en"
-    assert {b["payload"] for b in replies[0].buttons} >= {"order_status", "human_agent"}
+    assert [(r.intent, r.kind, r.lang) for r in replies] == [("unknown", "clarify", "en")]
+    assert replies[0].text == service.knowledge.templates.render("clarify", "en")
+    assert {b["payload"] for b in replies[0].buttons} >= {"order_status", "quote_request",
+                                                          "human_agent"}
+    replies = await chat.say("tell me a joke about penguins")
+    assert replies[0].text == service.knowledge.templates.render("clarify_human", "en")
+    assert replies[0].buttons[0]["payload"] == "human_agent"
+    await chat.say("hello")  # understood: the count starts again
+    replies = await chat.say("who won the chess championship")
+    assert replies[0].text == service.knowledge.templates.render("clarify", "en")
 
 
 async def test_short_message_keeps_the_conversation_language(chat: Any) -> None:

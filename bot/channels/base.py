@@ -22,12 +22,14 @@ class Delivery:
     lang: str | None = None
     intent: str | None = None
     buttons: list[dict[str, str]] = field(default_factory=list)
+    attachments: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def from_payload(cls, outbox_id: int, chat: str, payload: dict[str, Any]) -> Delivery:
         return cls(outbox_id=outbox_id, chat=chat, text=payload["text"], kind=payload["kind"],
                    to=payload.get("to", "customer"), lang=payload.get("lang"),
-                   intent=payload.get("intent"), buttons=list(payload.get("buttons") or []))
+                   intent=payload.get("intent"), buttons=list(payload.get("buttons") or []),
+                   attachments=list(payload.get("attachments") or []))
 
 
 class TemporaryDeliveryError(Exception):

@@ -95,6 +95,9 @@ class Contact(Base):
     customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
     display_name: Mapped[str | None] = mapped_column(String(200))
     language_hint: Mapped[str | None] = mapped_column(String(16))
+    # Ownership proof: failed tries of "order number + e-mail", and the lock they cause.
+    verify_failures: Mapped[int] = mapped_column(default=0)
+    verify_locked_until: Mapped[datetime | None]
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime | None]
 
@@ -137,6 +140,8 @@ class Conversation(Base):
     flow_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     flow_expires_at: Mapped[datetime | None]
     misses: Mapped[int] = mapped_column(default=0)
+    # Facts kept for the whole conversation, e.g. which incoterms were already explained.
+    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
     slack_channel: Mapped[str | None] = mapped_column(String(64))
     slack_thread_ts: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime]

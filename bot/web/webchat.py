@@ -64,8 +64,8 @@ def build_router(service: Service) -> APIRouter:
                    x_webchat_token: str | None = Header(default=None)) -> JSONResponse:
         if not x_webchat_token or not TOKEN_PATTERN.match(x_webchat_token):
             return _error(401, "missing or malformed X-Webchat-Token header", "bad_token")
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        body = await _read_body(request, MAX_BODY_BYTES)
+        if body is None:
             return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes", "too_large")
         try:
             data = json.loads(body.decode("utf-8"))
@@ -93,7 +93,8 @@ def build_router(service: Service) -> APIRouter:
             return _error(status, templates.render(exc.template, lang, **exc.values),
                           _code(exc.reason))
         await service.outbox.dispatch_due()
-        after = data.get("after") if isinstance(data.get("after"), int) else 0
+        raw_after = data.get("after")
+        after = raw_after if isinstance(raw_after, int) and not isinstance(raw_after, bool) else 0
         return JSONResponse({"messages": await history(chat, after)})
 
     @router.get("/messages")
@@ -128,6 +129,20 @@ def build_router(service: Service) -> APIRouter:
         } for message, payload in rows]
 
     return router
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes (by its
+    Content-Length or while streaming), so an oversized body is never held in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _code(reason: str) -> str:

@@ -1,0 +1,124 @@
+"""Deciding what to answer: language, commands, multi-turn flows, intent handlers.
+
+The pipeline owns the transaction; this module only reads and changes the conversation and
+returns replies. Order of precedence for a customer message:
+
+1. commands (``/lang xx``, ``/start``, ``/human``, ``/cancel``) — always work;
+2. an active flow (quote, verification, complaint...) continues, unless the customer
+   cancels it or clearly asks something else, or it timed out;
+3. the handler of the message's intent (``fallback`` for intents without one).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.config import Settings
+from bot.db.models import Conversation, Customer, Message
+from bot.knowledge import Knowledge
+from bot.types import Reply
+from handlers import FlowHandler, Handler, HandlerContext
+from intents.understanding import Understander, Understanding
+
+
+class Dialogue:
+    def __init__(self, settings: Settings, knowledge: Knowledge, understander: Understander,
+                 handlers: dict[str, Handler]) -> None:
+        self.settings = settings
+        self.knowledge = knowledge
+        self.understander = understander
+        self.handlers = handlers
+
+    async def respond(self, session: AsyncSession, conversation: Conversation,
+                      customer: Customer | None, message: Message,
+                      now: datetime) -> tuple[Understanding, list[Reply]]:
+        understanding = self.understander.understand(
+            message.text,
+            lang_hint=conversation.language or self.prior_language(conversation, customer))
+        lang = self.choose_language(conversation, customer, understanding)
+        if understanding.urgent:
+            conversation.priority = "urgent"
+        ctx = HandlerContext(
+            session=session, settings=self.settings, knowledge=self.knowledge, now=now,
+            conversation=conversation, contact=conversation.contact, customer=customer,
+            message=message, understanding=understanding, lang=lang,
+        )
+        replies = await self._command(ctx)
+        if replies is None:
+            replies = await self._flow(ctx)
+        if replies is None:
+            handler = self.handlers.get(understanding.intent) or self.handlers["fallback"]
+            replies = await handler.handle(ctx)
+            conversation.last_intent = understanding.intent
+            if understanding.intent != "unknown":
+                conversation.misses = 0
+        return understanding, replies
+
+    async def _flow(self, ctx: HandlerContext) -> list[Reply] | None:
+        conversation = ctx.conversation
+        if not conversation.flow:
+            return None
+        if conversation.flow_expires_at is not None and conversation.flow_expires_at <= ctx.now:
+            ctx.end_flow()
+            return None
+        if self.understander.is_cancel(ctx.message.text, ctx.lang):
+            ctx.end_flow()
+            return [ctx.reply("flow.cancelled", buttons=ctx.menu_buttons())]
+        handler = self.handlers.get(conversation.flow)
+        if handler is None or not isinstance(handler, FlowHandler) or not handler.accepts(ctx):
+            ctx.end_flow()  # a new, unrelated question: answer that instead
+            return None
+        return await handler.resume(ctx)
+
+    async def _command(self, ctx: HandlerContext) -> list[Reply] | None:
+        parts = ctx.message.text.strip().split()
+        if not parts or not parts[0].startswith("/"):
+            return None
+        command = parts[0][1:].split("@")[0].lower()
+        supported = self.settings.languages.supported
+        if command == "lang" and len(parts) == 2:
+            code = parts[1].lower()
+            if code not in supported:
+                return [ctx.reply("language_unsupported", supported=", ".join(supported))]
+            ctx.conversation.language, ctx.conversation.language_locked = code, True
+            ctx.lang = code
+            return [ctx.reply("language_set")]
+        if command == "start":
+            return [ctx.reply("welcome", buttons=ctx.menu_buttons())]
+        if command == "cancel":
+            had_flow = bool(ctx.conversation.flow)
+            ctx.end_flow()
+            return [ctx.reply("flow.cancelled" if had_flow else "flow.nothing_to_cancel",
+                              buttons=ctx.menu_buttons())]
+        if command in ("human", "agent"):
+            return await self.handlers["human_agent"].handle(ctx)
+        return None
+
+    def choose_language(self, conversation: Conversation, customer: Customer | None,
+                        understanding: Understanding) -> str:
+        """The reply language.
+
+        An explicit ``/lang`` choice holds. Strong evidence in the message switches the
+        conversation. Otherwise the conversation keeps its language; a new conversation
+        takes the customer's stored language, then the platform's hint, then the weak
+        guess, then the default.
+        """
+        supported = self.settings.languages.supported
+        guess = understanding.lang if understanding.lang in supported else None
+        if not conversation.language_locked:
+            if guess and understanding.lang_strong:
+                conversation.language = guess
+            elif conversation.language not in supported:
+                conversation.language = (self.prior_language(conversation, customer) or guess
+                                         or self.settings.languages.default)
+        return conversation.language or self.settings.languages.default
+
+    def prior_language(self, conversation: Conversation, customer: Customer | None) -> str | None:
+        supported = self.settings.languages.supported
+        for prior in (customer.language if customer else None,
+                      (conversation.contact.language_hint or "")[:2].lower() or None):
+            if prior in supported:
+                return prior
+        return None

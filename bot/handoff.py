@@ -1,0 +1,45 @@
+"""A request for a human: recorded on the conversation and sent to the agents' side.
+
+The conversation moves to ``handed_off`` (until an agent takes it), its priority only ever
+goes up, and a ``handoff`` message with the summary goes through the outbox to the agents'
+channel (Slack), so it is as durable as any reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.db.models import Case
+from bot.types import Reply
+from handlers.base import HandlerContext
+
+PRIORITY_ORDER = ("normal", "high", "urgent")
+AGENTS_CHANNEL = "slack"
+
+
+def raise_priority(current: str, wanted: str | None) -> str:
+    if wanted is None:
+        return current
+    return max(current, wanted, key=lambda p: PRIORITY_ORDER.index(p)
+               if p in PRIORITY_ORDER else 0)
+
+
+def request_handoff(ctx: HandlerContext, reason: str, *, priority: str | None = None,
+                    case: Case | None = None, **values: Any) -> Reply:
+    conversation = ctx.conversation
+    if conversation.status == "open":
+        conversation.status = "handed_off"
+    conversation.priority = raise_priority(conversation.priority, priority)
+    agents = ctx.knowledge.agent_texts
+    customer = ctx.customer
+    who = (f"{customer.company or customer.ref} ({customer.ref}, {customer.country or '?'})"
+           if customer else agents["unknown_customer"])
+    text = agents["handoff"].format(
+        priority_mark=agents[f"priority_mark.{conversation.priority}"],
+        reason=agents[f"reason.{reason}"].format(**values),
+        customer=who, language=ctx.lang, channel=conversation.channel, chat=conversation.chat,
+        case_part=agents["case_part"].format(case=case.number) if case else "",
+        last_message=ctx.message.text[:500],
+    )
+    return Reply(text=text, kind="handoff", to="agents", lang=ctx.lang,
+                 intent=ctx.understanding.intent, template=f"reason.{reason}")

@@ -1,0 +1,270 @@
+"""Intent classification per language: similarity to example messages, keyword cues and
+entity cues, with a confidence and an ``unknown`` fallback.
+
+Data: ``intents/data/<lang>.yaml``, per intent a list of ``keywords`` (short cue phrases;
+``word*`` matches words starting with ``word``, ``*word*`` any word containing it; in
+Chinese every keyword matches as a substring) and ``examples`` (typical messages). The
+pseudo-intent ``out_of_scope`` holds messages the bot must not pretend to understand.
+
+Similarity is the cosine of IDF-weighted word sets, so filler words ("please", "на",
+"من") weigh little and the informative ones decide; words the examples do not contain
+are matched to their nearest known spelling with rapidfuzz, so typos and inflections
+still count. An inverted index keeps the cost proportional to the message, not the data.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rapidfuzz import fuzz, process
+
+from intents.datafiles import read_yaml
+from intents.text import has_cjk, normalise
+
+DATA_DIR = Path(__file__).parent / "data"
+INTENTS = (
+    "greeting", "goodbye", "order_status", "quote_request", "complaint", "return_refund",
+    "human_agent", "documents", "product_info", "technical_support", "unknown",
+)
+OUT_OF_SCOPE = "out_of_scope"
+SOCIAL = ("greeting", "goodbye")
+DATA_KEYS = {"keywords", "examples"}
+FUZZY_WORD = 84  # rapidfuzz ratio at which an unknown word counts as a known one
+KEYWORD_SCORE = 0.9
+
+
+class IntentDataError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Below ``minimum`` or within ``margin`` of the runner-up, the intent is unknown."""
+
+    minimum: float = 0.5
+    margin: float = 0.02
+    keyword_weight: float = 0.5
+
+
+def tokens(folded: str) -> list[str]:
+    """Words of normalised text; Chinese as characters and character pairs."""
+    result: list[str] = []
+    for word in folded.split():
+        if has_cjk(word):
+            result += list(word) + [word[i:i + 2] for i in range(len(word) - 1)]
+        else:
+            result.append(word)
+    return result
+
+
+def _keyword_regex(keywords: list[str], cjk: bool) -> re.Pattern[str] | None:
+    parts = []
+    for raw in keywords:
+        word = str(raw).strip()
+        prefix, suffix = word.startswith("*"), word.endswith("*")
+        core = normalise(word.strip("*"), mask_numbers=False)
+        if not core:
+            continue
+        escaped = re.escape(core).replace(r"\ ", r"\s+")
+        if cjk or has_cjk(core):
+            parts.append(escaped)
+        else:
+            left = r"\w*" if prefix else ""
+            right = r"\w*" if suffix else ""
+            parts.append(rf"(?<!\w){left}{escaped}{right}(?!\w)")
+    if not parts:
+        return None
+    parts.sort(key=len, reverse=True)  # "good morning" before "good"
+    return re.compile("|".join(parts))
+
+
+@dataclass
+class LanguageModel:
+    """Everything needed to classify messages of one language, prepared once."""
+
+    lang: str
+    labels: list[str] = field(default_factory=list)
+    norms: list[float] = field(default_factory=list)
+    postings: dict[str, list[int]] = field(default_factory=dict)
+    idf: dict[str, float] = field(default_factory=dict)
+    vocabulary: list[str] = field(default_factory=list)
+    keyword_patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    urgent_pattern: re.Pattern[str] | None = None
+
+    def index(self, examples: list[tuple[str, str]]) -> None:
+        sets = [set(tokens(text)) for text, _ in examples]
+        document_frequency: dict[str, int] = defaultdict(int)
+        for words in sets:
+            for word in words:
+                document_frequency[word] += 1
+        total = len(sets) or 1
+        self.idf = {w: math.log(1 + total / n) for w, n in document_frequency.items()}
+        self.vocabulary = [w for w in self.idf if len(w) >= 4 and not has_cjk(w)]
+        postings: dict[str, list[int]] = defaultdict(list)
+        for position, words in enumerate(sets):
+            for word in words:
+                postings[word].append(position)
+        self.postings = dict(postings)
+        self.labels = [intent for _, intent in examples]
+        self.norms = [math.sqrt(sum(self.idf[w] ** 2 for w in words)) or 1.0 for words in sets]
+
+    def canonical(self, word: str) -> str | None:
+        """The known word this one is, allowing a typo or an inflection ("заказа")."""
+        if word in self.idf:
+            return word
+        if len(word) < 4 or has_cjk(word) or word == "0":
+            return None
+        found = process.extractOne(word, self.vocabulary, scorer=fuzz.ratio,
+                                   score_cutoff=FUZZY_WORD)
+        return found[0] if found else None
+
+    def similarities(self, folded: str) -> dict[str, float]:
+        """Best cosine similarity to each intent's examples."""
+        weights: dict[str, float] = {}
+        unknown = max(self.idf.values(), default=1.0)
+        query_norm = 0.0
+        for word in dict.fromkeys(tokens(folded)):
+            known = self.canonical(word)
+            weight = self.idf[known] if known else unknown
+            query_norm += weight * weight
+            if known:
+                weights[known] = max(weights.get(known, 0.0), weight)
+        if not weights:
+            return {}
+        dots: dict[int, float] = defaultdict(float)
+        for word, weight in weights.items():
+            for position in self.postings.get(word, ()):
+                dots[position] += weight * weight
+        best: dict[str, float] = {}
+        root = math.sqrt(query_norm)
+        for position, dot in dots.items():
+            similarity = dot / (root * self.norms[position])
+            label = self.labels[position]
+            if similarity > best.get(label, 0.0):
+                best[label] = similarity
+        return best
+
+
+def load_language_model(lang: str, path: Path) -> LanguageModel:
+    try:
+        raw = read_yaml(path) or {}
+    except FileNotFoundError:
+        raise IntentDataError(f"{path}: intent data file not found") from None
+    except yaml.YAMLError as exc:
+        raise IntentDataError(f"{path}: {exc}") from None
+    model = LanguageModel(lang)
+    cjk = lang == "zh"
+    examples: list[tuple[str, str]] = []
+    for intent, spec in raw.items():
+        if intent not in INTENTS and intent not in (OUT_OF_SCOPE, "urgent"):
+            raise IntentDataError(f"{path}: unknown intent {intent!r}")
+        spec = spec or {}
+        unknown_keys = set(spec) - DATA_KEYS
+        if unknown_keys:
+            raise IntentDataError(f"{path}: {intent}: unknown key(s) {sorted(unknown_keys)}")
+        pattern = _keyword_regex(spec.get("keywords", []), cjk)
+        if intent == "urgent":
+            model.urgent_pattern = pattern
+            continue
+        if pattern is not None:
+            model.keyword_patterns[intent] = pattern
+        examples += [(folded, intent) for example in spec.get("examples", [])
+                     if (folded := normalise(str(example)))]
+    model.index(examples)
+    return model
+
+
+@dataclass
+class Scored:
+    intent: str
+    confidence: float
+    scores: dict[str, float]
+
+
+class IntentClassifier:
+    def __init__(self, languages: list[str], directory: Path = DATA_DIR,
+                 thresholds: Thresholds | None = None) -> None:
+        self.languages = languages
+        self.models = {lang: load_language_model(lang, directory / f"{lang}.yaml")
+                       for lang in languages}
+        self.thresholds = thresholds or Thresholds()
+
+    def keyword_lexicon(self) -> dict[str, list[re.Pattern[str]]]:
+        return {lang: list(m.keyword_patterns.values()) for lang, m in self.models.items()}
+
+    def is_urgent(self, folded: str, langs: list[str]) -> bool:
+        return any((pattern := self.models[lang].urgent_pattern) is not None
+                   and pattern.search(folded) for lang in langs)
+
+    def candidate_languages(self, lang: str | None) -> list[str]:
+        """The message's language, plus English: customers mix in English trade words."""
+        if lang is None:
+            return self.languages
+        return [lang] + (["en"] if lang != "en" and "en" in self.models else [])
+
+    def components(self, folded: str, langs: list[str]) -> tuple[dict[str, float],
+                                                                 dict[str, float]]:
+        """(keyword evidence, example similarity) per intent."""
+        keywords: dict[str, float] = {}
+        similar: dict[str, float] = {}
+        for rank, lang in enumerate(langs):
+            model = self.models[lang]
+            weight = 1.0 if rank == 0 else 0.9
+            for intent, similarity in model.similarities(folded).items():
+                similar[intent] = max(similar.get(intent, 0.0), similarity * weight)
+            for intent, pattern in model.keyword_patterns.items():
+                hits = set(pattern.findall(folded))
+                if hits:
+                    value = min(1.0 + 0.1 * (len(hits) - 1), 1.3) * weight
+                    keywords[intent] = max(keywords.get(intent, 0.0), value)
+        return keywords, similar
+
+    def score(self, folded: str, langs: list[str], entities: dict[str, Any]) -> dict[str, float]:
+        keywords, similar = self.components(folded, langs)
+        weight = self.thresholds.keyword_weight
+        scores = {intent: weight * keywords.get(intent, 0.0)
+                  + (1 - weight) * similar.get(intent, 0.0)
+                  for intent in {*keywords, *similar}}
+        self._entity_cues(scores, entities, folded)
+        return scores
+
+    @staticmethod
+    def _entity_cues(scores: dict[str, float], entities: dict[str, Any], folded: str) -> None:
+        """Entities make some intents more likely; alone, they decide ("PO-24117?")."""
+        def boost(intent: str, amount: float, floor: float) -> None:
+            scores[intent] = max(scores.get(intent, 0.0) + amount, floor)
+
+        if "documents" in entities:
+            boost("documents", 0.05, 0.55)
+        if "order_numbers" in entities:
+            boost("order_status", 0.02, 0.55)
+        quote_cues = sum(1 for key in ("quantities", "incoterm") if key in entities)
+        if quote_cues:
+            boost("quote_request", 0.03 * quote_cues, 0.5 + 0.05 * quote_cues)
+
+    def classify(self, folded: str, lang: str | None, entities: dict[str, Any]) -> Scored:
+        scores = self.score(folded, self.candidate_languages(lang), entities) if folded else {}
+        ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
+        if not ranked:
+            return Scored("unknown", 0.0, scores)
+        # "Hello, where is my order?" is about the order: a greeting only leads when
+        # nothing else in the message is understood.
+        if ranked[0][0] in SOCIAL:
+            substantive = [item for item in ranked[1:] if item[0] not in SOCIAL]
+            if substantive and substantive[0][1] >= self.thresholds.minimum \
+                    and substantive[0][0] != OUT_OF_SCOPE:
+                ranked = [substantive[0], *[i for i in ranked if i != substantive[0]]]
+        (best, top) = ranked[0]
+        runner_up = next((s for i, s in ranked[1:] if i != best), 0.0)
+        confidence = min(top, 1.0)
+        if best == OUT_OF_SCOPE:
+            return Scored("unknown", confidence, scores)
+        if top < self.thresholds.minimum or top - runner_up < self.thresholds.margin:
+            return Scored("unknown", confidence, scores)
+        return Scored(best, confidence, scores)
