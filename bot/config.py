@@ -218,6 +218,7 @@ class OutboxSettings(Section):
     base_delay_seconds: float = Field(default=1.0, gt=0)
     max_delay_seconds: float = Field(default=300.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)  # a claimed row is retried after this
 
 
 class FlowSettings(Section):

@@ -3,8 +3,9 @@
 Retries use exponential backoff with jitter and honour a platform's ``retry_after``; a reply
 that can never be delivered is marked ``failed`` (never dropped silently). Replies to one
 chat go out in order: a chat's later replies wait while its oldest pending one is retried.
-With PostgreSQL, rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several processes
-never send the same reply twice.
+Each attempt first claims its row with a conditional update (a lease), so several
+dispatchers, in one process or many, never send the same reply twice, and no database
+transaction stays open while a platform is called.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import random
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import aliased
 
 from bot.channels.base import (
@@ -90,42 +91,56 @@ class OutboxDispatcher:
             if not heads or progressed == 0:
                 return delivered
 
-    async def _deliver(self, outbox_id: int) -> bool:
+    async def _claim(self, outbox_id: int) -> OutboxItem | None:
+        """Take the row for one delivery attempt: a conditional update that only one
+        process or task can win. The claim is a lease: if this process dies while
+        sending, the row becomes due again when the lease ends (at-least-once)."""
+        now = self.clock.now()
         async with self.db.sessions.begin() as session:
-            query = select(OutboxItem).where(OutboxItem.id == outbox_id,
-                                             OutboxItem.status == "pending")
-            if self.db.is_postgres:
-                query = query.with_for_update(skip_locked=True)
-            item = (await session.execute(query)).scalar_one_or_none()
-            if item is None:  # sent meanwhile, or claimed by another process
-                return False
-            channel = self.channels[item.channel]
-            delivery = Delivery.from_payload(item.id, item.chat, item.payload)
-            now = self.clock.now()
-            item.attempts += 1
-            try:
-                item.external_id = await channel.send(delivery)
-            except PermanentDeliveryError as exc:
-                item.status, item.last_error = "failed", str(exc)[:500]
-                log.warning("outbox %d to %s failed permanently: %s", item.id, item.channel, exc)
-                return False
-            except (TimeoutError, TemporaryDeliveryError, OSError) as exc:
-                item.last_error = str(exc)[:500] or type(exc).__name__
-                if item.attempts >= self.settings.max_attempts:
-                    item.status = "failed"
-                    log.error("outbox %d to %s gave up after %d attempts: %s", item.id,
-                              item.channel, item.attempts, item.last_error)
-                    return False
+            claimed = await session.execute(
+                update(OutboxItem)
+                .where(OutboxItem.id == outbox_id, OutboxItem.status == "pending",
+                       OutboxItem.next_attempt_at <= now)
+                .values(attempts=OutboxItem.attempts + 1,
+                        next_attempt_at=now + timedelta(seconds=self.settings.lease_seconds)))
+            if claimed.rowcount == 0:  # type: ignore[attr-defined]
+                return None  # delivered meanwhile, or claimed by another dispatcher
+            return await session.get(OutboxItem, outbox_id)
+
+    async def _deliver(self, outbox_id: int) -> bool:
+        item = await self._claim(outbox_id)
+        if item is None:
+            return False
+        delivery = Delivery.from_payload(item.id, item.chat, item.payload)
+        status, error, external_id, retry_after = "sent", None, None, None
+        try:
+            external_id = await self.channels[item.channel].send(delivery)
+        except PermanentDeliveryError as exc:
+            status, error = "failed", str(exc)[:500]
+            log.warning("outbox %d to %s failed permanently: %s", item.id, item.channel, exc)
+        except (TemporaryDeliveryError, OSError, asyncio.TimeoutError) as exc:
+            status, error = "pending", str(exc)[:500] or type(exc).__name__
+            retry_after = getattr(exc, "retry_after", None)
+        now = self.clock.now()
+        values: dict[str, object] = {"status": status, "last_error": error}
+        if status == "sent":
+            values.update(sent_at=now, external_id=external_id)
+        elif status == "pending":
+            if item.attempts >= self.settings.max_attempts:
+                values["status"] = "failed"
+                log.error("outbox %d to %s gave up after %d attempts: %s", item.id,
+                          item.channel, item.attempts, error)
+            else:
                 delay = backoff_delay(item.attempts, self.settings, self._jitter)
-                retry_after = getattr(exc, "retry_after", None)
                 if retry_after is not None:
                     delay = max(delay, float(retry_after))
-                item.next_attempt_at = now + timedelta(seconds=delay)
+                values["next_attempt_at"] = now + timedelta(seconds=delay)
                 log.info("outbox %d to %s: retry %d in %.1f s (%s)", item.id, item.channel,
-                         item.attempts, delay, item.last_error)
-                return False
-            item.status, item.sent_at, item.last_error = "sent", now, None
-            return True
+                         item.attempts, delay, error)
+        async with self.db.sessions.begin() as session:
+            await session.execute(update(OutboxItem).where(OutboxItem.id == item.id)
+                                  .values(**values))
+        return status == "sent"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set: on every wake-up, and every poll interval for retries."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -85,8 +85,8 @@ class Pipeline:
     async def handle(self, inbound: InboundMessage) -> Processed:
         """Receive and process in one go (channels that answer synchronously)."""
         received = await self.receive(inbound)
-        if received.duplicate:
-            return Processed(received.message_id, received.conversation_id, None)
+        # A redelivery of a message whose processing failed is processed now; one that was
+        # processed already is a no-op (process() claims each message once).
         return await self.process(received.message_id)
 
     async def receive(self, inbound: InboundMessage) -> Received:
@@ -164,17 +164,22 @@ class Pipeline:
     async def process(self, message_id: int) -> Processed:
         now = self.clock.now()
         async with self.db.sessions.begin() as session:
-            message = await session.get(Message, message_id, with_for_update=self.db.is_postgres)
+            # Claim the message first: of two workers (or a retry racing the first
+            # attempt), exactly one gets the row; a rollback releases the claim.
+            claimed = await session.execute(
+                update(Message).where(Message.id == message_id, Message.processed_at.is_(None))
+                .values(processed_at=now))
+            message = await session.get(Message, message_id)
             if message is None:
                 raise LookupError(f"message {message_id} not found")
+            if claimed.rowcount == 0:  # type: ignore[attr-defined]
+                return Processed(message.id, message.conversation_id, None)
             query = (select(Conversation).where(Conversation.id == message.conversation_id)
                      .options(selectinload(Conversation.contact),
                               selectinload(Conversation.customer)))
             if self.db.is_postgres:  # one worker at a time per conversation
                 query = query.with_for_update(of=Conversation)
             conversation = (await session.execute(query)).scalar_one()
-            if message.processed_at is not None:  # processed by another worker or a retry
-                return Processed(message.id, conversation.id, None)
             customer = conversation.customer
             if customer is None and conversation.contact.customer_id is not None:
                 customer = await session.get(Customer, conversation.contact.customer_id)
@@ -186,7 +191,6 @@ class Pipeline:
             message.confidence = understanding.confidence
             message.entities = understanding.entities
             message.urgent = understanding.urgent
-            message.processed_at = now
             conversation.updated_at = now
             outbox_ids = await self.queue_replies(session, conversation, replies, now)
         self.on_outbox()

@@ -34,6 +34,15 @@ def format_quantity(value: Decimal) -> str:
     return f"{value.normalize():f}"
 
 
+def product_name(ctx: HandlerContext, product: Product) -> str:
+    """The product in the customer's language, with its code: catalogue names are English."""
+    values = {"type": ctx.text(f"product.type.{product.type}"), "sku": product.sku,
+              "thickness": format_quantity(product.thickness_mm),
+              "wear": format_quantity(product.wear_layer_mm) if product.wear_layer_mm else ""}
+    return ctx.text("product.name" if product.wear_layer_mm else "product.name_no_wear",
+                    **values)
+
+
 class QuoteHandler(FlowMixin):
     intent = "quote_request"
     flow_intents: ClassVar[tuple[str, ...]] = ("quote_request", "product_info")
@@ -91,20 +100,21 @@ class QuoteHandler(FlowMixin):
         candidates = self._candidates(ctx, state)
         if not state.get("type") and not state.get("sku"):
             return [ctx.reply("quote.ask_product", buttons=self._type_buttons(ctx))]
-        if not candidates:
-            state.pop("thickness_mm", None), state.pop("wear_layer_mm", None)
-            ctx.update_flow(**state)
-            return [ctx.reply("quote.no_such_product", options=self._options(
-                self._candidates(ctx, state)), buttons=self._sku_buttons(
-                self._candidates(ctx, state)))]
+        if not candidates:  # e.g. "WPC 4 mm": offer what the type does come in
+            state.pop("thickness_mm", None)
+            state.pop("wear_layer_mm", None)
+            ctx.start_flow(self.intent, state)
+            options = self._candidates(ctx, state)
+            return [ctx.reply("quote.no_such_product", options=self._options(ctx, options),
+                              buttons=self._sku_buttons(options))]
         if len(candidates) > 1:
-            return [ctx.reply("quote.ask_variant", options=self._options(candidates),
+            return [ctx.reply("quote.ask_variant", options=self._options(ctx, candidates),
                               buttons=self._sku_buttons(candidates))]
         product = candidates[0]
         state["sku"] = product.sku
         ctx.update_flow(**state)
         if not state.get("quantity"):
-            return [ctx.reply("quote.ask_quantity", product=product.name,
+            return [ctx.reply("quote.ask_quantity", product=product_name(ctx, product),
                               moq=product.moq_m2)]
         if state.get("incoterm") not in INCOTERM_ORDER:
             return [ctx.reply("quote.ask_incoterm", buttons=[
@@ -177,7 +187,7 @@ class QuoteHandler(FlowMixin):
                    result: QuoteResult) -> str:
         currency = ctx.knowledge.pricing.currency
         place = result.port or ctx.knowledge.pricing.origin_port
-        lines = [ctx.text("quote.header", number=quote.number, product=product.name,
+        lines = [ctx.text("quote.header", number=quote.number, product=product_name(ctx, product),
                           quantity=format_quantity(result.request.quantity_m2),
                           incoterm=result.request.incoterm, place=place,
                           containers=result.containers, container=result.container,
@@ -201,8 +211,8 @@ class QuoteHandler(FlowMixin):
         return "\n".join(lines)
 
     @staticmethod
-    def _options(products: list[Product]) -> str:
-        return "\n".join(f"• {p.sku}: {p.name}" for p in products)
+    def _options(ctx: HandlerContext, products: list[Product]) -> str:
+        return "\n".join(f"• {product_name(ctx, p)}" for p in products)
 
     @staticmethod
     def _sku_buttons(products: list[Product]) -> list[Button]:
@@ -215,5 +225,6 @@ class QuoteHandler(FlowMixin):
 
     def _price_list(self, ctx: HandlerContext) -> str:
         currency = ctx.knowledge.pricing.currency
-        return "\n".join(f"• {p.sku}: {p.name} — {currency} {format_money(ctx, p.price_usd_m2)}/m²"
+        return "\n".join(f"• {product_name(ctx, p)} — {currency} "
+                         f"{format_money(ctx, p.price_usd_m2)}/m²"
                          for p in ctx.knowledge.catalogue.values())

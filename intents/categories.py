@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 
-from intents.classifier import _keyword_regex
 from intents.datafiles import read_yaml
+from intents.keywords import KeywordMatcher
 from intents.text import normalise
 
 CATEGORIES = ("transit_damage", "short_or_wrong_shipment", "delay", "document_error",
@@ -26,17 +25,17 @@ class ComplaintCategorizer:
         unknown = set(raw) - set(CATEGORIES)
         if unknown:
             raise ValueError(f"{path}: unknown complaint categories {sorted(unknown)}")
-        self.patterns: list[tuple[str, dict[str, re.Pattern[str]]]] = []
+        self.patterns: list[tuple[str, dict[str, KeywordMatcher]]] = []
         for category in raw:
-            compiled = {lang: pattern for lang, words in (raw[category] or {}).items()
-                        if (pattern := _keyword_regex(words, lang == "zh")) is not None}
-            self.patterns.append((category, compiled))
+            matchers = {lang: KeywordMatcher({category: words}, lang == "zh")
+                        for lang, words in (raw[category] or {}).items()}
+            self.patterns.append((category, matchers))
 
     def categorize(self, text: str, lang: str | None) -> str:
         folded = normalise(text)
         langs = [lang, "en"] if lang and lang != "en" else ["en"] if lang else None
         for category, by_language in self.patterns:
             for code, pattern in by_language.items():
-                if (langs is None or code in langs) and pattern.search(folded):
+                if (langs is None or code in langs) and pattern.matches(folded):
                     return category
         return OTHER

@@ -15,7 +15,6 @@ still count. An inverted index keeps the cost proportional to the message, not t
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 from rapidfuzz import fuzz, process
 
 from intents.datafiles import read_yaml
+from intents.keywords import KeywordMatcher
 from intents.text import has_cjk, normalise
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -34,8 +34,11 @@ INTENTS = (
 )
 OUT_OF_SCOPE = "out_of_scope"
 SOCIAL = ("greeting", "goodbye")
+SOCIAL_LEAD = 0.1  # how clearly a request must show to outrank the greeting around it
 DATA_KEYS = {"keywords", "examples"}
 FUZZY_WORD = 84  # rapidfuzz ratio at which an unknown word counts as a known one
+NEAREST_CACHE = 50_000
+COMMON_SHARE = 0.15  # words in more examples than this carry almost no information
 KEYWORD_SCORE = 0.9
 
 
@@ -49,7 +52,7 @@ class Thresholds:
 
     minimum: float = 0.5
     margin: float = 0.02
-    keyword_weight: float = 0.5
+    keyword_weight: float = 0.6
 
 
 def tokens(folded: str) -> list[str]:
@@ -63,27 +66,6 @@ def tokens(folded: str) -> list[str]:
     return result
 
 
-def _keyword_regex(keywords: list[str], cjk: bool) -> re.Pattern[str] | None:
-    parts = []
-    for raw in keywords:
-        word = str(raw).strip()
-        prefix, suffix = word.startswith("*"), word.endswith("*")
-        core = normalise(word.strip("*"), mask_numbers=False)
-        if not core:
-            continue
-        escaped = re.escape(core).replace(r"\ ", r"\s+")
-        if cjk or has_cjk(core):
-            parts.append(escaped)
-        else:
-            left = r"\w*" if prefix else ""
-            right = r"\w*" if suffix else ""
-            parts.append(rf"(?<!\w){left}{escaped}{right}(?!\w)")
-    if not parts:
-        return None
-    parts.sort(key=len, reverse=True)  # "good morning" before "good"
-    return re.compile("|".join(parts))
-
-
 @dataclass
 class LanguageModel:
     """Everything needed to classify messages of one language, prepared once."""
@@ -94,8 +76,10 @@ class LanguageModel:
     postings: dict[str, list[int]] = field(default_factory=dict)
     idf: dict[str, float] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)
-    keyword_patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
-    urgent_pattern: re.Pattern[str] | None = None
+    keywords: KeywordMatcher | None = None
+    urgent: KeywordMatcher | None = None
+    _nearest: dict[str, str | None] = field(default_factory=dict)
+    common: frozenset[str] = frozenset()
 
     def index(self, examples: list[tuple[str, str]]) -> None:
         sets = [set(tokens(text)) for text, _ in examples]
@@ -111,6 +95,8 @@ class LanguageModel:
             for word in words:
                 postings[word].append(position)
         self.postings = dict(postings)
+        self.common = frozenset(w for w, n in document_frequency.items()
+                                if n > COMMON_SHARE * total and total > 50)
         self.labels = [intent for _, intent in examples]
         self.norms = [math.sqrt(sum(self.idf[w] ** 2 for w in words)) or 1.0 for words in sets]
 
@@ -120,9 +106,13 @@ class LanguageModel:
             return word
         if len(word) < 4 or has_cjk(word) or word == "0":
             return None
-        found = process.extractOne(word, self.vocabulary, scorer=fuzz.ratio,
-                                   score_cutoff=FUZZY_WORD)
-        return found[0] if found else None
+        if word not in self._nearest:
+            if len(self._nearest) >= NEAREST_CACHE:
+                self._nearest.clear()  # bounded: unknown words are mostly one-offs
+            found = process.extractOne(word, self.vocabulary, scorer=fuzz.ratio,
+                                       score_cutoff=FUZZY_WORD)
+            self._nearest[word] = found[0] if found else None
+        return self._nearest[word]
 
     def similarities(self, folded: str) -> dict[str, float]:
         """Best cosine similarity to each intent's examples."""
@@ -139,6 +129,8 @@ class LanguageModel:
             return {}
         dots: dict[int, float] = defaultdict(float)
         for word, weight in weights.items():
+            if word in self.common:  # "the", "на", "de": long lists, little signal
+                continue
             for position in self.postings.get(word, ()):
                 dots[position] += weight * weight
         best: dict[str, float] = {}
@@ -161,6 +153,7 @@ def load_language_model(lang: str, path: Path) -> LanguageModel:
     model = LanguageModel(lang)
     cjk = lang == "zh"
     examples: list[tuple[str, str]] = []
+    keywords: dict[str, list[str]] = {}
     for intent, spec in raw.items():
         if intent not in INTENTS and intent not in (OUT_OF_SCOPE, "urgent"):
             raise IntentDataError(f"{path}: unknown intent {intent!r}")
@@ -168,14 +161,13 @@ def load_language_model(lang: str, path: Path) -> LanguageModel:
         unknown_keys = set(spec) - DATA_KEYS
         if unknown_keys:
             raise IntentDataError(f"{path}: {intent}: unknown key(s) {sorted(unknown_keys)}")
-        pattern = _keyword_regex(spec.get("keywords", []), cjk)
         if intent == "urgent":
-            model.urgent_pattern = pattern
+            model.urgent = KeywordMatcher({"urgent": spec.get("keywords", [])}, cjk)
             continue
-        if pattern is not None:
-            model.keyword_patterns[intent] = pattern
+        keywords[intent] = list(spec.get("keywords", []))
         examples += [(folded, intent) for example in spec.get("examples", [])
                      if (folded := normalise(str(example)))]
+    model.keywords = KeywordMatcher(keywords, cjk)
     model.index(examples)
     return model
 
@@ -195,12 +187,12 @@ class IntentClassifier:
                        for lang in languages}
         self.thresholds = thresholds or Thresholds()
 
-    def keyword_lexicon(self) -> dict[str, list[re.Pattern[str]]]:
-        return {lang: list(m.keyword_patterns.values()) for lang, m in self.models.items()}
+    def keyword_lexicon(self) -> dict[str, KeywordMatcher]:
+        return {lang: m.keywords for lang, m in self.models.items() if m.keywords}
 
     def is_urgent(self, folded: str, langs: list[str]) -> bool:
-        return any((pattern := self.models[lang].urgent_pattern) is not None
-                   and pattern.search(folded) for lang in langs)
+        return any((matcher := self.models[lang].urgent) is not None
+                   and matcher.matches(folded) for lang in langs)
 
     def candidate_languages(self, lang: str | None) -> list[str]:
         """The message's language, plus English: customers mix in English trade words."""
@@ -218,8 +210,7 @@ class IntentClassifier:
             weight = 1.0 if rank == 0 else 0.9
             for intent, similarity in model.similarities(folded).items():
                 similar[intent] = max(similar.get(intent, 0.0), similarity * weight)
-            for intent, pattern in model.keyword_patterns.items():
-                hits = set(pattern.findall(folded))
+            for intent, hits in (model.keywords.hits(folded) if model.keywords else {}).items():
                 if hits:
                     value = min(1.0 + 0.1 * (len(hits) - 1), 1.3) * weight
                     keywords[intent] = max(keywords.get(intent, 0.0), value)
@@ -228,8 +219,11 @@ class IntentClassifier:
     def score(self, folded: str, langs: list[str], entities: dict[str, Any]) -> dict[str, float]:
         keywords, similar = self.components(folded, langs)
         weight = self.thresholds.keyword_weight
-        scores = {intent: weight * keywords.get(intent, 0.0)
-                  + (1 - weight) * similar.get(intent, 0.0)
+        # A keyword is strong evidence, confirmed by similar examples; close examples alone
+        # are evidence too (a paraphrase without any keyword).
+        scores = {intent: max(similar.get(intent, 0.0),
+                              weight * keywords.get(intent, 0.0)
+                              + (1 - weight) * similar.get(intent, 0.0))
                   for intent in {*keywords, *similar}}
         self._entity_cues(scores, entities, folded)
         return scores
@@ -257,11 +251,12 @@ class IntentClassifier:
         # nothing else in the message is understood.
         if ranked[0][0] in SOCIAL:
             substantive = [item for item in ranked[1:] if item[0] not in SOCIAL]
-            if substantive and substantive[0][1] >= self.thresholds.minimum \
+            if substantive and substantive[0][1] >= self.thresholds.minimum + SOCIAL_LEAD \
                     and substantive[0][0] != OUT_OF_SCOPE:
                 ranked = [substantive[0], *[i for i in ranked if i != substantive[0]]]
         (best, top) = ranked[0]
-        runner_up = next((s for i, s in ranked[1:] if i != best), 0.0)
+        rivals = [s for i, s in ranked[1:] if i != best and (best in SOCIAL or i not in SOCIAL)]
+        runner_up = rivals[0] if rivals else 0.0
         confidence = min(top, 1.0)
         if best == OUT_OF_SCOPE:
             return Scored("unknown", confidence, scores)

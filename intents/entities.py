@@ -70,7 +70,7 @@ _PRODUCT_TYPES = [
                             r"ламинат[а-я]*|لامينيت|رقائقي", re.IGNORECASE)),
 ]
 _DOCUMENTS = [
-    ("pi", re.compile(r"(?<![a-z])p\.?\s?i(?![a-z])|pro\s?-?forma|形式发票|проформ[а-я]*|"
+    ("pi", re.compile(r"(?<!\w)p\.?\s?i(?!\w)|pro\s?-?forma|形式发票|проформ[а-я]*|"
                       r"فاتورة\s+(?:مبدئية|أولية|اولية)", re.IGNORECASE)),
     ("commercial_invoice", re.compile(r"commercial\s+invoice|(?<!pro forma )(?<!proforma )invoice|"
                                       r"商业发票|инвойс|коммерческ[а-я]*\s+сч[её]т|сч[её]т-фактур[а-я]*|"
@@ -79,11 +79,11 @@ _DOCUMENTS = [
     ("packing_list", re.compile(r"packing\s*list|装箱单|箱单|упаковочн[а-я]*\s+лист|"
                                 r"lista\s+de\s+empaque|liste\s+de\s+colisage|packliste|romaneio|"
                                 r"قائمة\s+(?:ال)?تعبئة", re.IGNORECASE)),
-    ("bl", re.compile(r"(?<![a-z])b\s?/\s?l(?![a-z])|bill\s+of\s+lading|提单|коносамент[а-я]*|"
+    ("bl", re.compile(r"(?<!\w)b\s?/\s?l(?!\w)|bill\s+of\s+lading|提单|коносамент[а-я]*|"
                       r"conocimiento\s+de\s+embarque|connaissement|konnossement|"
                       r"conhecimento\s+de\s+embarque|بوليص[ةه]\s+(?:ال)?شحن", re.IGNORECASE)),
     ("certificate_of_origin", re.compile(
-        r"certificate\s+of\s+origin|(?<![a-z])c\.?o(?![a-z])|(?<![a-z])form\s?[ae](?![a-z])|原产地证|产地证|"
+        r"certificate\s+of\s+origin|(?<!\w)c\.?o(?!\w)|(?<!\w)form\s?[ae](?!\w)|原产地证|产地证|"
         r"сертификат[а-я]*\s+происхождени[а-я]*|certificado\s+de\s+orige[nm]|"
         r"certificat\s+d.origine|ursprungszeugnis|شهاد[ةه]\s+(?:ال)?منشأ", re.IGNORECASE)),
     ("inspection_report", re.compile(

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from intents.keywords import KeywordMatcher
 from intents.text import normalise
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -26,6 +27,7 @@ _TRADE_TOKEN = re.compile(
     r"^(?:po|so|spc|wpc|pvc|lvt|lam|fob|cif|cfr|ddp|exw|dap|fca|cpt|cip|gp|hq|hc|mm|m|sqm|"
     r"kg|pcs|pi|ci|bl|coa|sgs|bv|id|ok|okay|okey|thx|ty|pls|plz|lol|hmm|ah|oh|eh|ha|haha|"
     r"iphone|email|e|mail|usd|eur|rmb|cny)$", re.IGNORECASE)
+_NOT_LANGUAGE = re.compile(r"\S+@\S+|https?://\S+|www\.\S+|\b[\w-]+\.(?:com|net|org|example)\b")
 MIN_LATIN_LETTERS = 3
 STRONG_LATIN_LETTERS = 12
 LINGUA_CODES = {"en": "ENGLISH", "zh": "CHINESE", "ru": "RUSSIAN", "es": "SPANISH",
@@ -98,13 +100,14 @@ BACKENDS = {"lingua": LinguaBackend, "langdetect": LangdetectBackend}
 
 class LanguageDetector:
     def __init__(self, supported: list[str] | tuple[str, ...], backend: str = "lingua",
-                 lexicon: dict[str, list[re.Pattern[str]]] | None = None) -> None:
+                 lexicon: dict[str, KeywordMatcher] | None = None) -> None:
         self.supported = tuple(supported)
         self.backend: LanguageBackend = BACKENDS[backend](self.supported)
-        self._lexicon = {lang: patterns for lang, patterns in (lexicon or {}).items()
+        self._lexicon = {lang: matcher for lang, matcher in (lexicon or {}).items()
                          if lang in self.supported}
 
     def detect(self, text: str) -> LanguageGuess:
+        text = _NOT_LANGUAGE.sub(" ", text)  # e-mail addresses and links are no evidence
         letters = sum(1 for c in text if c.isalpha())
         if not letters:
             return NO_LANGUAGE
@@ -124,16 +127,17 @@ class LanguageDetector:
         return self._latin(" ".join(words), latin)
 
     def _latin(self, text: str, latin_letters: int) -> LanguageGuess:
-        folded = normalise(text, mask_numbers=False)
-        votes = {lang: sum(1 for p in patterns if p.search(folded))
-                 for lang, patterns in self._lexicon.items()}
+        folded = normalise(text)
+        votes = {lang: len(matcher.hits(folded)) for lang, matcher in self._lexicon.items()}
         candidates = self.backend.confidences(text)
         backend_best, backend_conf = candidates[0] if candidates else (None, 0.0)
         best_vote = max(votes.values(), default=0)
         voted = [lang for lang, n in votes.items() if n == best_vote and n > 0
                  and lang not in ("zh", "ru", "ar")]
-        if len(voted) == 1 and (backend_best == voted[0] or backend_conf < 0.9
-                                or latin_letters < STRONG_LATIN_LETTERS):
+        # Words of the lexicons decide short messages; in a sentence, the backend's
+        # judgement of the whole text outweighs one keyword of another language.
+        if len(voted) == 1 and (backend_best == voted[0] or latin_letters < STRONG_LATIN_LETTERS
+                                or backend_conf < 0.5):
             return LanguageGuess(voted[0], max(backend_conf, 0.8), strong=True)
         if len(voted) > 1:
             # Several languages know the words ("hello" is French chat too): the backend

@@ -6,9 +6,10 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from intents.classifier import DATA_DIR, INTENTS, IntentClassifier, _keyword_regex
+from intents.classifier import DATA_DIR, INTENTS, IntentClassifier
 from intents.datafiles import read_yaml
 from intents.entities import EntityExtractor
+from intents.keywords import KeywordMatcher
 from intents.language import LanguageDetector, LanguageGuess
 from intents.text import normalise
 
@@ -51,8 +52,8 @@ class Understander:
                                          self.classifier.keyword_lexicon())
         self.entities = EntityExtractor()
         commands = read_yaml(DATA_DIR / "commands.yaml") or {}
-        self._cancel = {lang: pattern for lang, words in (commands.get("cancel") or {}).items()
-                        if (pattern := _keyword_regex(words, lang == "zh")) is not None}
+        self._cancel = {lang: KeywordMatcher({"cancel": words}, lang == "zh")
+                        for lang, words in (commands.get("cancel") or {}).items()}
 
     def is_cancel(self, text: str, lang: str | None) -> bool:
         """A short message that asks to leave the current flow, in its language or English."""
@@ -60,7 +61,7 @@ class Understander:
         if not folded or len(folded.split()) > CANCEL_MAX_WORDS:
             return False
         langs = {lang, "en"} if lang else set(self._cancel)
-        return any(self._cancel[code].search(folded) for code in langs if code in self._cancel)
+        return any(self._cancel[code].matches(folded) for code in langs if code in self._cancel)
 
     def understand(self, text: str, lang_hint: str | None = None) -> Understanding:
         """``lang_hint`` (the conversation's language) is used when the text shows none."""

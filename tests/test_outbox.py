@@ -117,3 +117,34 @@ async def test_concurrent_dispatchers_send_each_reply_once(postgres_url: str, cl
     finally:
         await a.close()
         await b.close()
+
+
+async def test_two_dispatchers_in_one_process_send_each_reply_once(
+        service: Service, make_chat: Any, channels: Any) -> None:
+    import asyncio
+
+    from bot.types import InboundMessage
+
+    for i in range(10):
+        await service.pipeline.handle(InboundMessage(channel="telegram", chat=f"tg-{i}",
+                                                     text="hello", external_id=f"m{i}"))
+    await asyncio.gather(service.outbox.dispatch_due(), service.outbox.dispatch_due())
+    ids = [d.outbox_id for d in channels["telegram"].sent]
+    assert len(ids) == 10 and len(set(ids)) == 10
+
+
+async def test_a_claimed_row_is_retried_after_its_lease(service: Service, chat: Any,
+                                                        channels: Any, clock: Any) -> None:
+    """A dispatcher that died while sending leaves a claim; the reply goes out later."""
+    await chat.say("hello")
+    [row] = await outbox_rows(service)
+    channels["telegram"].sent.clear()
+    async with service.db.sessions.begin() as session:  # back to pending, as before a send
+        item = await session.get(OutboxItem, row.id)
+        assert item is not None
+        item.status, item.next_attempt_at = "pending", clock.now()
+    assert await service.outbox._claim(row.id) is not None  # claimed, then the process "dies"
+    assert await service.outbox.dispatch_due() == 0
+    clock.set(clock.now() + timedelta(seconds=service.settings.outbox.lease_seconds))
+    assert await service.outbox.dispatch_due() == 1
+    assert [d.chat for d in channels["telegram"].sent] == ["tg-test"]

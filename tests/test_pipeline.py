@@ -142,3 +142,22 @@ async def test_replies_are_recorded_with_understanding(service: Service, chat: A
             select(Message).where(Message.direction == "in"))).scalar_one()
     assert (inbound.lang, inbound.intent) == ("fr", "greeting")
     assert inbound.processed_at is not None
+
+
+async def test_a_redelivery_processes_a_message_whose_first_processing_failed(
+        service: Service, channels: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    inbound = InboundMessage(channel="telegram", chat="tg-fail", text="hello", external_id="r1")
+    original = service.pipeline.dialogue.respond
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", broken)
+    with pytest.raises(RuntimeError):
+        await service.pipeline.handle(inbound)
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", original)
+    await service.pipeline.handle(inbound)  # the platform retries the same delivery
+    await service.pipeline.handle(inbound)  # and once more: nothing new
+    await service.outbox.dispatch_due()
+    assert [d.intent for d in channels["telegram"].sent] == ["greeting"]
+    assert await count(service, Message) == 2
