@@ -126,6 +126,8 @@ class RecordingChannel:
             line.update(chat=delivery.chat, kind=delivery.kind, text=delivery.text, owner=None)
         if delivery.buttons:
             line["buttons"] = [b["label"] for b in delivery.buttons]
+        if delivery.attachments:
+            line["attachments"] = [a["name"] for a in delivery.attachments]
         self.emit(line)
         return f"replay-{delivery.outbox_id}"
 

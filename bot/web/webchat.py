@@ -125,6 +125,7 @@ def build_router(service: Service) -> APIRouter:
             "text": message.text,
             "lang": message.lang,
             "buttons": [b["label"] for b in (payload or {}).get("buttons", [])],
+            "attachments": [a["name"] for a in (payload or {}).get("attachments", [])],
             "at": message.created_at.isoformat(),
         } for message, payload in rows]
 

@@ -33,6 +33,12 @@
     item.dir = "auto";
     item.dataset.id = message.id;
     item.textContent = message.text;
+    (message.attachments || []).forEach(function (name) {
+      const file = document.createElement("div");
+      file.className = "attachment";
+      file.textContent = "📎 " + name;
+      item.appendChild(file);
+    });
     if (message.buttons && message.buttons.length) {
       const row = document.createElement("div");
       row.className = "buttons";
