@@ -194,11 +194,17 @@ class IntentClassifier:
         return any((matcher := self.models[lang].urgent) is not None
                    and matcher.matches(folded) for lang in langs)
 
-    def candidate_languages(self, lang: str | None) -> list[str]:
-        """The message's language, plus English: customers mix in English trade words."""
+    def candidate_languages(self, lang: str | None, folded: str = "") -> list[str]:
+        """The message's language, plus English when the message has English words that
+        the language's own data does not know: customers mix in English trade words."""
         if lang is None:
             return self.languages
-        return [lang] + (["en"] if lang != "en" and "en" in self.models else [])
+        if lang == "en" or "en" not in self.models or lang not in self.models:
+            return [lang]
+        own, english = self.models[lang].idf, self.models["en"].idf
+        if folded and not any(w in english and w not in own for w in folded.split()):
+            return [lang]
+        return [lang, "en"]
 
     def components(self, folded: str, langs: list[str]) -> tuple[dict[str, float],
                                                                  dict[str, float]]:
@@ -243,7 +249,7 @@ class IntentClassifier:
             boost("quote_request", 0.03 * quote_cues, 0.5 + 0.05 * quote_cues)
 
     def classify(self, folded: str, lang: str | None, entities: dict[str, Any]) -> Scored:
-        scores = self.score(folded, self.candidate_languages(lang), entities) if folded else {}
+        scores = self.score(folded, self.candidate_languages(lang, folded), entities) if folded else {}
         ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
         if not ranked:
             return Scored("unknown", 0.0, scores)

@@ -19,16 +19,18 @@ DATA_DIR = Path(__file__).parent / "data"
 
 _ORDER_WORDS = (
     r"orders?|po|p\.o\.|purchase\s+order|订单号?|单号|合同号?|заказ(?:а|у|ом|е|ы|ов|ам)?|"
-    r"pedidos?|encomendas?|commandes?|bestellung(?:en)?|auftrag(?:s|es)?|auftragsnummer|"
+    r"pedidos?|encomendas?|commandes?|bestellung(?:en)?|bestellnummer|auftrag(?:s|es)?|"
+    r"auftragsnummer|"
     r"(?:ال)?طلب(?:ية)?|رقم\s+الطلب"
 )
 _ORDER_PREFIXED = re.compile(r"(?<![A-Za-z0-9])((?:PO|SO|ORD|OR)[-\s#№]?\d{3,10})(?![0-9])",
                              re.IGNORECASE)
 _ORDER_AFTER_WORD = re.compile(
     rf"(?:{_ORDER_WORDS})\s*(?:no\.?|nr\.?|n[°º]\.?|number|num\.?|#|№|номер|número|numéro|nummer|号)?"
-    r"\s*[:#№]?\s*(\d{4,10})(?![0-9])(?![.,]?\d)(?!\s*(?:m2|m²|㎡|sqm|sq|平|方|кв|м2|м²|pcs|"
+    r"\s*(?:is|es|est|ist|é|是|-)?\s*[:：#№]?\s*(\d{4,10})(?![0-9])(?![.,]?\d)(?!\s*(?:m2|m²|㎡|sqm|sq|平|方|кв|м2|м²|pcs|"
     r"containers?|x|×|мм|mm))", re.IGNORECASE)
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}(?![\w-])")
+_LINK = re.compile(r"https?://\S+|www\.\S+", re.IGNORECASE)
 _NUM = r"(\d{1,3}(?:[ ,.]\d{3})+|\d+(?:[.,]\d+)?)"
 _AREA_UNITS = (
     r"m²|m2|㎡|sqm|sq\.?\s?m(?:eters?|etres?)?|square\s+met(?:er|re)s?|平方米?|平米|方|"
@@ -83,7 +85,8 @@ _DOCUMENTS = [
                       r"conocimiento\s+de\s+embarque|connaissement|konnossement|"
                       r"conhecimento\s+de\s+embarque|بوليص[ةه]\s+(?:ال)?شحن", re.IGNORECASE)),
     ("certificate_of_origin", re.compile(
-        r"certificate\s+of\s+origin|(?<!\w)c\.?o(?!\w)|(?<!\w)form\s?[ae](?!\w)|原产地证|产地证|"
+        r"certificate\s+of\s+origin|(?<![\w-])(?-i:C\.?O)(?![\w-])|(?<!\w)form[\s-][ae](?!\w)|"
+        r"原产地证|产地证|"
         r"сертификат[а-я]*\s+происхождени[а-я]*|certificado\s+de\s+orige[nm]|"
         r"certificat\s+d.origine|ursprungszeugnis|شهاد[ةه]\s+(?:ال)?منشأ", re.IGNORECASE)),
     ("inspection_report", re.compile(
@@ -91,6 +94,7 @@ _DOCUMENTS = [
         r"informe\s+de\s+inspecci[oó]n|rapport\s+d.inspection|inspektionsbericht|pr[üu]fbericht|"
         r"relat[óo]rio\s+de\s+inspe[çc][ãa]o|تقرير\s+(?:ال)?فحص", re.IGNORECASE)),
 ]
+_DIGIT = re.compile(r"\d")
 _PHONE_HINT = re.compile(r"\+\s?\d")  # international numbers only: "+49 40 ..."
 _SKU = re.compile(r"(?<![A-Za-z])((?:SPC|WPC|PVC|LAM)-\d+(?:-[A-Z0-9]+)*)", re.IGNORECASE)
 
@@ -163,6 +167,31 @@ class EntityExtractor:
 
     def extract(self, text: str) -> dict[str, Any]:
         entities: dict[str, Any] = {}
+        emails = _EMAIL.findall(text) if "@" in text else []
+        if emails:
+            entities["emails"] = emails
+            text = _EMAIL.sub(" ", text)  # "john@example.co.uk" names no country
+        text = _LINK.sub(" ", text)
+        # Most chat messages have no digits: skip every pattern that needs one.
+        numeric = _DIGIT.search(text) is not None
+        if numeric:
+            self._orders(text, entities)
+        self._product(text, entities, numeric)
+        if numeric:
+            self._quantities(text, entities)
+        self._terms_and_places(text, entities)
+        documents = [name for name, pattern in _DOCUMENTS if pattern.search(text)]
+        if documents:
+            entities["documents"] = documents
+        phones = [phonenumbers.format_number(m.number, phonenumbers.PhoneNumberFormat.E164)
+                  for m in phonenumbers.PhoneNumberMatcher(text, None)
+                  ] if numeric and _PHONE_HINT.search(text) else []
+        if phones:
+            entities["phones"] = phones
+        return entities
+
+    @staticmethod
+    def _orders(text: str, entities: dict[str, Any]) -> None:
         orders: list[str] = []
         for match in _ORDER_PREFIXED.finditer(text):
             orders.append(re.sub(r"[\s#№]+", "-", match.group(1).upper()).replace("--", "-"))
@@ -173,19 +202,21 @@ class EntityExtractor:
         if orders:
             entities["order_numbers"] = list(dict.fromkeys(orders))
 
-        skus = [m.group(1).upper() for m in _SKU.finditer(text)]
+    @staticmethod
+    def _product(text: str, entities: dict[str, Any], numeric: bool) -> None:
+        skus = [m.group(1).upper() for m in _SKU.finditer(text)] if numeric else []
         types = [name for name, pattern in _PRODUCT_TYPES if pattern.search(text)]
         product: dict[str, Any] = {}
         if types:
             product["type"] = types[0]
         if skus:
             product["sku"] = skus[0]
-        for pattern in (_WEAR_AFTER, _WEAR_BEFORE):
+        for pattern in (_WEAR_AFTER, _WEAR_BEFORE) if numeric else ():
             for match in pattern.finditer(text):
                 value = _number(match.group(1))
                 if value is not None and value < MAX_WEAR_LAYER_MM:
                     product.setdefault("wear_layer_mm", str(value))
-        for match in _THICKNESS.finditer(text):
+        for match in _THICKNESS.finditer(text) if numeric else ():
             value = _number(match.group(1))
             if value is None or str(value) == product.get("wear_layer_mm"):
                 continue
@@ -196,21 +227,26 @@ class EntityExtractor:
         if product:
             entities["product"] = product
 
+    @staticmethod
+    def _quantities(text: str, entities: dict[str, Any]) -> None:
         quantities: list[dict[str, Any]] = []
         for match in _AREA.finditer(text):
             value = _number(match.group(1))
             if value is not None:
                 quantities.append({"value": str(value), "unit": "m2"})
+        counts = [m.group(1) for m in _CONTAINER_COUNT.finditer(text)]
         for match in _CONTAINERS.finditer(text):
             kind = re.sub(r"\s", "", match.group(2).upper()).replace("'", "FT")
             kind = {"40HC": "40HQ", "20FT": "20GP", "40FT": "40GP"}.get(kind, kind)
-            quantities.append({"value": match.group(1) or "1", "unit": kind})
+            # "2 containers of 40HQ": the count may stand apart from the container type
+            count = match.group(1) or (counts.pop(0) if counts else "1")
+            quantities.append({"value": count, "unit": kind})
         if not any(q["unit"] != "m2" for q in quantities):
-            for match in _CONTAINER_COUNT.finditer(text):
-                quantities.append({"value": match.group(1), "unit": "container"})
+            quantities += [{"value": count, "unit": "container"} for count in counts]
         if quantities:
             entities["quantities"] = quantities
 
+    def _terms_and_places(self, text: str, entities: dict[str, Any]) -> None:
         incoterms = [_INCOTERMS[next(g for g in m.groups() if g).lower()]
                      for m in _INCOTERM.finditer(text)]
         if incoterms:
@@ -228,15 +264,3 @@ class EntityExtractor:
         elif countries:
             entities["destination_country"] = countries[0]
 
-        documents = [name for name, pattern in _DOCUMENTS if pattern.search(text)]
-        if documents:
-            entities["documents"] = documents
-        emails = _EMAIL.findall(text)
-        if emails:
-            entities["emails"] = emails
-        phones = [phonenumbers.format_number(m.number, phonenumbers.PhoneNumberFormat.E164)
-                  for m in phonenumbers.PhoneNumberMatcher(text, None)
-                  ] if _PHONE_HINT.search(text) else []
-        if phones:
-            entities["phones"] = phones
-        return entities

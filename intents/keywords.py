@@ -14,6 +14,9 @@ from collections.abc import Iterable
 from intents.text import has_cjk, normalise
 
 
+PREFIX_KEY = 2  # prefixes are indexed by this many first letters (none are shorter)
+
+
 class KeywordMatcher:
     def __init__(self, keywords: dict[str, Iterable[str]], cjk: bool = False) -> None:
         self.exact: dict[str, set[str]] = defaultdict(set)
@@ -27,7 +30,10 @@ class KeywordMatcher:
         for label, words in keywords.items():
             for raw in words:
                 self._add(label, str(raw).strip(), cjk)
-        self._prefix_lengths = sorted({len(p) for p in self.prefixes})
+        # Prefixes grouped by their first letters, so a word is compared with a few only.
+        self._prefix_index: dict[str, list[tuple[str, set[str]]]] = defaultdict(list)
+        for prefix, labels in self.prefixes.items():
+            self._prefix_index[prefix[:PREFIX_KEY]].append((prefix, labels))
         self._recent: dict[str, dict[str, set[str]]] = {}
 
     def _add(self, label: str, raw: str, cjk: bool) -> None:
@@ -46,7 +52,7 @@ class KeywordMatcher:
             self.infixes.append((core, label))
         elif leading:
             self.suffixes.append((core, label))
-        elif trailing:
+        elif trailing and len(core) >= PREFIX_KEY:
             self.prefixes[core].add(label)
         else:
             self.exact[core].add(label)
@@ -69,11 +75,10 @@ class KeywordMatcher:
         for index, word in enumerate(words):
             for label in self.exact.get(word, ()):
                 found[label].add(word)
-            for length in self._prefix_lengths:
-                if length > len(word):
-                    break
-                for label in self.prefixes.get(word[:length], ()):
-                    found[label].add(word[:length] + "*")
+            for prefix, labels in self._prefix_index.get(word[:PREFIX_KEY], ()):
+                if word.startswith(prefix):
+                    for label in labels:
+                        found[label].add(prefix + "*")
             for rest, trailing, label, text in self.phrases.get(word, ()):
                 end = index + 1 + len(rest)
                 if end > len(words):

@@ -29,6 +29,7 @@ _TRADE_TOKEN = re.compile(
     r"iphone|email|e|mail|usd|eur|rmb|cny)$", re.IGNORECASE)
 _NOT_LANGUAGE = re.compile(r"\S+@\S+|https?://\S+|www\.\S+|\b[\w-]+\.(?:com|net|org|example)\b")
 MIN_LATIN_LETTERS = 3
+NON_LATIN = ("zh", "ru", "ar")  # recognised by their script, never by Latin words
 STRONG_LATIN_LETTERS = 12
 LINGUA_CODES = {"en": "ENGLISH", "zh": "CHINESE", "ru": "RUSSIAN", "es": "SPANISH",
                 "fr": "FRENCH", "de": "GERMAN", "pt": "PORTUGUESE", "ar": "ARABIC"}
@@ -128,16 +129,20 @@ class LanguageDetector:
 
     def _latin(self, text: str, latin_letters: int) -> LanguageGuess:
         folded = normalise(text)
-        votes = {lang: len(matcher.hits(folded)) for lang, matcher in self._lexicon.items()}
+        votes = {lang: len(matcher.hits(folded)) for lang, matcher in self._lexicon.items()
+                 if lang not in NON_LATIN}
+        best_vote = max(votes.values(), default=0)
+        voted = [lang for lang, n in votes.items() if n == best_vote and n > 0]
+        # Words of the lexicons decide short messages ("hola", "danke"), and sentences whose
+        # words only one language knows: no need to ask the backend. Otherwise, in a
+        # sentence, its judgement of the whole text outweighs one keyword.
+        runner_up = sorted(votes.values(), reverse=True)[1] if len(votes) > 1 else 0
+        if len(voted) == 1 and (latin_letters < STRONG_LATIN_LETTERS
+                                or best_vote >= 2 and runner_up == 0):
+            return LanguageGuess(voted[0], 0.8, strong=True)
         candidates = self.backend.confidences(text)
         backend_best, backend_conf = candidates[0] if candidates else (None, 0.0)
-        best_vote = max(votes.values(), default=0)
-        voted = [lang for lang, n in votes.items() if n == best_vote and n > 0
-                 and lang not in ("zh", "ru", "ar")]
-        # Words of the lexicons decide short messages; in a sentence, the backend's
-        # judgement of the whole text outweighs one keyword of another language.
-        if len(voted) == 1 and (backend_best == voted[0] or latin_letters < STRONG_LATIN_LETTERS
-                                or backend_conf < 0.5):
+        if len(voted) == 1 and (backend_best == voted[0] or backend_conf < 0.5):
             return LanguageGuess(voted[0], max(backend_conf, 0.8), strong=True)
         if len(voted) > 1:
             # Several languages know the words ("hello" is French chat too): the backend
@@ -146,7 +151,7 @@ class LanguageDetector:
             chosen = max(voted, key=lambda lang: (confidence.get(lang, 0.0), lang == "en"))
             return LanguageGuess(chosen, confidence.get(chosen, 0.0),
                                  strong=latin_letters >= STRONG_LATIN_LETTERS)
-        if backend_best is None or backend_best in ("zh", "ru", "ar"):
+        if backend_best is None or backend_best in NON_LATIN:
             return NO_LANGUAGE
         strong = latin_letters >= STRONG_LATIN_LETTERS and backend_conf >= 0.6
         return LanguageGuess(backend_best, backend_conf, strong=strong)

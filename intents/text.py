@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -19,6 +20,7 @@ def strip_accents(text: str) -> str:
                                                  if not unicodedata.combining(c)))
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise(text: str, *, mask_numbers: bool = True) -> str:
     """Lower-case, fold accents and Arabic letter variants, numbers to "0", no punctuation.
 

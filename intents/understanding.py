@@ -71,7 +71,7 @@ class Understander:
         folded = normalise(sample)
         lang = guess.lang or (lang_hint if lang_hint in self.languages else None)
         scored = self.classifier.classify(folded, lang, entities)
-        urgent = self.classifier.is_urgent(folded, self.classifier.candidate_languages(lang))
+        urgent = self.classifier.is_urgent(folded, self.classifier.candidate_languages(lang, folded))
         return Understanding(text=text, lang=guess.lang, intent=scored.intent,
                              confidence=scored.confidence, entities=entities, urgent=urgent,
                              lang_strong=guess.strong)
