@@ -20,6 +20,7 @@ from bot.db.models import Conversation, Customer, Message
 from bot.knowledge import Knowledge
 from bot.types import Reply
 from handlers import FlowHandler, Handler, HandlerContext
+from handlers.base import SIDE_QUESTIONS
 from intents.understanding import Understander, Understanding
 
 
@@ -59,6 +60,8 @@ class Dialogue:
     async def _flow(self, ctx: HandlerContext) -> list[Reply] | None:
         conversation = ctx.conversation
         if not conversation.flow:
+            if self.understander.is_cancel(ctx.message.text, ctx.lang, whole=True):
+                return [ctx.reply("flow.nothing_to_cancel", buttons=ctx.menu_buttons())]
             return None
         if conversation.flow_expires_at is not None and conversation.flow_expires_at <= ctx.now:
             ctx.end_flow()
@@ -67,10 +70,14 @@ class Dialogue:
             ctx.end_flow()
             return [ctx.reply("flow.cancelled", buttons=ctx.menu_buttons())]
         handler = self.handlers.get(conversation.flow)
-        if handler is None or not isinstance(handler, FlowHandler) or not handler.accepts(ctx):
-            ctx.end_flow()  # a new, unrelated question: answer that instead
+        if handler is None or not isinstance(handler, FlowHandler):
+            ctx.end_flow()
             return None
-        return await handler.resume(ctx)
+        if handler.accepts(ctx):
+            return await handler.resume(ctx)
+        if ctx.understanding.intent not in SIDE_QUESTIONS:
+            ctx.end_flow()  # a new request: answer that instead
+        return None  # answered by its own handler; a side question keeps the flow
 
     async def _command(self, ctx: HandlerContext) -> list[Reply] | None:
         parts = ctx.message.text.strip().split()

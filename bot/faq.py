@@ -14,7 +14,7 @@ from intents.datafiles import compose_yaml_text, load_yaml_text
 from intents.text import has_cjk, normalise
 
 TOPICS = ("product_info", "technical_support")
-MIN_COVERAGE = 0.5  # share of the question's information that an entry must explain
+MIN_COVERAGE = 0.5
 FUZZY_WORD = 85  # a typo ("waterprof") still counts as the word
 
 
@@ -48,11 +48,14 @@ class LanguageIndex:
 
     @classmethod
     def build(cls, entries: list[FaqEntry]) -> LanguageIndex:
+        """Questions are what a message is matched against; how informative a word is
+        comes from questions and answers together, so a common word ("floors") that
+        happens to be in one entry's questions does not look rare."""
         words_of = [{t for q in (*e.questions, e.id.replace("_", " ")) for t in tokens(q)}
                     for e in entries]
         frequency: dict[str, int] = {}
-        for words in words_of:
-            for word in words:
+        for words, entry in zip(words_of, entries, strict=True):
+            for word in words | set(tokens(entry.answer)):
                 frequency[word] = frequency.get(word, 0) + 1
         idf = {w: math.log((1 + len(entries)) / n) for w, n in frequency.items()}
         return cls(entries, words_of, idf, list(idf))
@@ -67,7 +70,9 @@ class LanguageIndex:
         return found[0] if found else None
 
     def search(self, text: str, topic: str | None) -> FaqEntry | None:
-        unknown_weight = max(self.idf.values(), default=1.0)
+        # A word the FAQ has never seen ("fire") is the most informative of all: an entry
+        # that explains everything else in the question still does not answer it.
+        unknown_weight = 1.25 * max(self.idf.values(), default=1.0)
         query = []
         for word in dict.fromkeys(tokens(text)):
             known = self.canonical(word)

@@ -97,6 +97,12 @@ class FlowHandler(Protocol):
     async def resume(self, ctx: HandlerContext) -> list[Reply]: ...
 
 
+# Questions answered in passing: the flow they interrupt goes on afterwards.
+SIDE_QUESTIONS = ("product_info", "technical_support")
+# Requests that always leave the flow, even if the message also holds an awaited entity.
+LEAVING = ("human_agent", "complaint", "return_refund", *SIDE_QUESTIONS)
+
+
 class FlowMixin:
     """Default rule for whether a message continues the flow or asks something new."""
 
@@ -108,6 +114,7 @@ class FlowMixin:
         understood = ctx.understanding
         if understood.intent in ("unknown", self.intent, *self.flow_intents):
             return True
-        if any(key in understood.entities for key in self.flow_entities):
+        if understood.confidence < SWITCH_CONFIDENCE:
             return True
-        return understood.confidence < SWITCH_CONFIDENCE
+        return understood.intent not in LEAVING and any(
+            key in understood.entities for key in self.flow_entities)

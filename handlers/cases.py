@@ -11,7 +11,7 @@ from handlers.base import HandlerContext
 async def open_case(ctx: HandlerContext, kind: str, *, category: str | None = None,
                     priority: str = "normal", order: Order | None = None) -> Case:
     case = Case(
-        number=f"tmp-{uuid.uuid4().hex}", conversation_id=ctx.conversation.id,
+        number=f"tmp-{uuid.uuid4().hex[:24]}", conversation_id=ctx.conversation.id,
         customer_id=ctx.customer.id if ctx.customer else None,
         order_id=order.id if order else None, kind=kind, category=category, status="open",
         priority=priority, description=ctx.message.text[:4000],

@@ -37,6 +37,8 @@ class TechnicalSupportHandler:
         if answer is not None:
             return [answer, ctx.reply("tech.more_help", buttons=ctx.menu_buttons("human_agent"))]
         case = await open_case(ctx, "technical", category="technical_support")
-        target = _duration_words(ctx, ctx.settings.sla.technical_contact.total_seconds())
-        return [ctx.reply("tech.handoff", case=case.number, target=target),
-                request_handoff(ctx, "technical_support", case=case, target=target)]
+        seconds = ctx.settings.sla.technical_contact.total_seconds()
+        return [ctx.reply("tech.handoff", case=case.number, target=_duration_words(ctx, seconds)),
+                # the agents' card is in the agents' language, not the customer's
+                request_handoff(ctx, "technical_support", case=case,
+                                target=f"{seconds / 3600:g} h")]

@@ -34,18 +34,23 @@ def format_quantity(value: Decimal) -> str:
     return f"{value.normalize():f}"
 
 
+def format_decimal(ctx: HandlerContext, value: Decimal) -> str:
+    """A rate or quantity with the language's decimal mark: "0,15 %" in German."""
+    return format_quantity(value).replace(".", ctx.text("number.decimal"))
+
+
 def product_name(ctx: HandlerContext, product: Product) -> str:
     """The product in the customer's language, with its code: catalogue names are English."""
     values = {"type": ctx.text(f"product.type.{product.type}"), "sku": product.sku,
-              "thickness": format_quantity(product.thickness_mm),
-              "wear": format_quantity(product.wear_layer_mm) if product.wear_layer_mm else ""}
+              "thickness": format_decimal(ctx, product.thickness_mm),
+              "wear": format_decimal(ctx, product.wear_layer_mm) if product.wear_layer_mm else ""}
     return ctx.text("product.name" if product.wear_layer_mm else "product.name_no_wear",
                     **values)
 
 
 class QuoteHandler(FlowMixin):
     intent = "quote_request"
-    flow_intents: ClassVar[tuple[str, ...]] = ("quote_request", "product_info")
+    flow_intents: ClassVar[tuple[str, ...]] = ("quote_request",)
     flow_entities: ClassVar[tuple[str, ...]] = ("product", "quantities", "incoterm",
                                                 "destination_port", "destination_country")
 
@@ -193,7 +198,7 @@ class QuoteHandler(FlowMixin):
                           containers=result.containers, container=result.container,
                           valid_until=quote.valid_until.isoformat() if quote.valid_until else "")]
         for line in result.lines:
-            values = {k: (format_quantity(v) if isinstance(v, Decimal) else v)
+            values = {k: (format_decimal(ctx, v) if isinstance(v, Decimal) else v)
                       for k, v in line.values.items()}
             if line.key == "line.goods":
                 values["price"] = format_money(ctx, line.values["price"])

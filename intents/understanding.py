@@ -55,13 +55,23 @@ class Understander:
         self._cancel = {lang: KeywordMatcher({"cancel": words}, lang == "zh")
                         for lang, words in (commands.get("cancel") or {}).items()}
 
-    def is_cancel(self, text: str, lang: str | None) -> bool:
-        """A short message that asks to leave the current flow, in its language or English."""
+    def is_cancel(self, text: str, lang: str | None, *, whole: bool = False) -> bool:
+        """A short message that asks to leave the current flow, in its language or English.
+
+        ``whole``: the message is nothing but the cancel word ("cancel", "отмена"), as
+        opposed to a request that contains it ("cancel my order")."""
         folded = normalise(text)
         if not folded or len(folded.split()) > CANCEL_MAX_WORDS:
             return False
         langs = {lang, "en"} if lang else set(self._cancel)
-        return any(self._cancel[code].matches(folded) for code in langs if code in self._cancel)
+        for code in langs & set(self._cancel):
+            found = self._cancel[code].hits(folded).get("cancel", set())
+            if found and (not whole or any(word.rstrip("*") == folded or
+                                           folded.startswith(word.rstrip("*"))
+                                           and len(folded.split()) == len(word.split())
+                                           for word in found)):
+                return True
+        return False
 
     def understand(self, text: str, lang_hint: str | None = None) -> Understanding:
         """``lang_hint`` (the conversation's language) is used when the text shows none."""
