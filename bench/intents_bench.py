@@ -53,7 +53,7 @@ def main() -> int:
         figures[f"intent_accuracy[{name}]"] = report["intent_accuracy"]
         if name != "dev":
             sentences += [(lang, text) for lang, _, text in samples
-                          if len(text.split()) >= 4 or lang == "zh" and len(text) >= 6]
+                          if len(text.split()) >= 4 or (lang == "zh" and len(text) >= 6)]
     if sentences:
         hits = sum(understander.understand(t).lang == lang for lang, t in sentences)
         figures["language_accuracy[sentences]"] = round(hits / len(sentences), 4)

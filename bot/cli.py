@@ -28,9 +28,11 @@ EXIT_DATA, EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_INTERNAL = 1, 2, 3, 4
 
 
 class CliError(click.ClickException):
+    """A clear one-line error and the exit status that classifies it."""
+
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        vars(self)["exit_code"] = exit_code  # click exits with this; it is per error here
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)

@@ -118,7 +118,7 @@ class OutboxDispatcher:
         except PermanentDeliveryError as exc:
             status, error = "failed", str(exc)[:500]
             log.warning("outbox %d to %s failed permanently: %s", item.id, item.channel, exc)
-        except (TemporaryDeliveryError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, TemporaryDeliveryError, OSError) as exc:
             status, error = "pending", str(exc)[:500] or type(exc).__name__
             retry_after = getattr(exc, "retry_after", None)
         now = self.clock.now()

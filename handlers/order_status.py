@@ -52,7 +52,7 @@ class OrderStatusHandler(FlowMixin):
 
             return replies + await DocumentsHandler().send_for(ctx, order,
                                                                state.get("doc_types") or [])
-        return replies + [self.status_reply(ctx, order)]
+        return [*replies, self.status_reply(ctx, order)]
 
     async def status_for_customer(self, ctx: HandlerContext, number: str | None) -> list[Reply]:
         assert ctx.customer is not None

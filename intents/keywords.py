@@ -9,16 +9,15 @@ keywords match anywhere in the text, which has no spaces between words.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from intents.text import has_cjk, normalise
-
 
 PREFIX_KEY = 2  # prefixes are indexed by this many first letters (none are shorter)
 
 
 class KeywordMatcher:
-    def __init__(self, keywords: dict[str, Iterable[str]], cjk: bool = False) -> None:
+    def __init__(self, keywords: Mapping[str, Iterable[str]], cjk: bool = False) -> None:
         self.exact: dict[str, set[str]] = defaultdict(set)
         self.prefixes: dict[str, set[str]] = defaultdict(set)
         self.infixes: list[tuple[str, str]] = []
@@ -86,7 +85,7 @@ class KeywordMatcher:
                 following = words[index + 1:end]
                 if following[:-1] == list(rest[:-1]) and (
                         following[-1] == rest[-1]
-                        or trailing and following[-1].startswith(rest[-1])):
+                        or (trailing and following[-1].startswith(rest[-1]))):
                     found[label].add(text)
         for part, label in self.infixes:
             if part in folded and any(part in word for word in words):

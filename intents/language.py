@@ -11,8 +11,9 @@ the evidence would justify switching a conversation's language.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from intents.keywords import KeywordMatcher
 from intents.text import normalise
@@ -64,7 +65,7 @@ class LinguaBackend:
         languages = [getattr(Language, LINGUA_CODES[code]) for code in supported]
         self._codes = {getattr(Language, LINGUA_CODES[code]): code for code in supported}
         builder = LanguageDetectorBuilder.from_languages(*languages) if len(languages) > 1 \
-            else LanguageDetectorBuilder.from_languages(*languages, getattr(Language, "ENGLISH"))
+            else LanguageDetectorBuilder.from_languages(*languages, Language.ENGLISH)
         self._detector = builder.with_preloaded_language_models().build()
 
     def confidences(self, text: str) -> list[tuple[str, float]]:
@@ -76,7 +77,7 @@ class LangdetectBackend:
     """langdetect, seeded so that the same text always gets the same answer."""
 
     name = "langdetect"
-    _codes = {"zh-cn": "zh", "zh-tw": "zh"}
+    _codes: ClassVar[dict[str, str]] = {"zh-cn": "zh", "zh-tw": "zh"}
 
     def __init__(self, supported: tuple[str, ...]) -> None:
         from langdetect import DetectorFactory
@@ -96,7 +97,8 @@ class LangdetectBackend:
         return [(code, prob) for code, prob in pairs if code in self.supported]
 
 
-BACKENDS = {"lingua": LinguaBackend, "langdetect": LangdetectBackend}
+BACKENDS: dict[str, Callable[[tuple[str, ...]], LanguageBackend]] = {
+    "lingua": LinguaBackend, "langdetect": LangdetectBackend}
 
 
 class LanguageDetector:
@@ -138,7 +140,7 @@ class LanguageDetector:
         # sentence, its judgement of the whole text outweighs one keyword.
         runner_up = sorted(votes.values(), reverse=True)[1] if len(votes) > 1 else 0
         if len(voted) == 1 and (latin_letters < STRONG_LATIN_LETTERS
-                                or best_vote >= 2 and runner_up == 0):
+                                or (best_vote >= 2 and runner_up == 0)):
             return LanguageGuess(voted[0], 0.8, strong=True)
         candidates = self.backend.confidences(text)
         backend_best, backend_conf = candidates[0] if candidates else (None, 0.0)

@@ -67,8 +67,8 @@ class Understander:
         for code in langs & set(self._cancel):
             found = self._cancel[code].hits(folded).get("cancel", set())
             if found and (not whole or any(word.rstrip("*") == folded or
-                                           folded.startswith(word.rstrip("*"))
-                                           and len(folded.split()) == len(word.split())
+                                           (folded.startswith(word.rstrip("*"))
+                                           and len(folded.split()) == len(word.split()))
                                            for word in found)):
                 return True
         return False

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import shutil
-from string import Formatter
 from pathlib import Path
+from string import Formatter
 
 import pytest
 

@@ -61,7 +61,7 @@ class Database:
         except TimeoutError:
             raise DatabaseUnavailable(
                 f"database {safe_url(self.url)} did not answer within {timeout:.0f} s") from None
-        except Exception as exc:  # driver errors differ per backend; all mean "unusable"
+        except Exception as exc:  # noqa: BLE001 - every driver error means "unusable"
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
             raise DatabaseUnavailable(
                 f"cannot connect to database {safe_url(self.url)}: {reason}") from None
