@@ -71,7 +71,8 @@ CATALOGUE_COLUMNS = (
 )
 
 
-def _decimal(value: str, column: str) -> Decimal:
+def parse_decimal(value: str, column: str) -> Decimal:
+    """A non-negative number from a knowledge file; ValueError names the column."""
     try:
         number = Decimal(value.strip())
     except InvalidOperation:
@@ -105,15 +106,15 @@ def load_catalogue(path: Path) -> dict[str, Product]:
                     sku=sku,
                     type=row["type"].strip(),
                     name=row["name"].strip(),
-                    thickness_mm=_decimal(row["thickness_mm"], "thickness_mm"),
-                    wear_layer_mm=_decimal(wear, "wear_layer_mm") if wear else None,
-                    price_usd_m2=_decimal(row["price_usd_m2"], "price_usd_m2"),
+                    thickness_mm=parse_decimal(row["thickness_mm"], "thickness_mm"),
+                    wear_layer_mm=parse_decimal(wear, "wear_layer_mm") if wear else None,
+                    price_usd_m2=parse_decimal(row["price_usd_m2"], "price_usd_m2"),
                     hs_code=row["hs_code"].strip(),
-                    m2_per_carton=_decimal(row["m2_per_carton"], "m2_per_carton"),
-                    cartons_per_pallet=int(_decimal(row["cartons_per_pallet"], "cartons_per_pallet")),
-                    m2_per_20gp=int(_decimal(row["m2_per_20gp"], "m2_per_20gp")),
-                    m2_per_40hq=int(_decimal(row["m2_per_40hq"], "m2_per_40hq")),
-                    moq_m2=int(_decimal(row["moq_m2"], "moq_m2")),
+                    m2_per_carton=parse_decimal(row["m2_per_carton"], "m2_per_carton"),
+                    cartons_per_pallet=int(parse_decimal(row["cartons_per_pallet"], "cartons_per_pallet")),
+                    m2_per_20gp=int(parse_decimal(row["m2_per_20gp"], "m2_per_20gp")),
+                    m2_per_40hq=int(parse_decimal(row["m2_per_40hq"], "m2_per_40hq")),
+                    moq_m2=int(parse_decimal(row["moq_m2"], "moq_m2")),
                     colors=tuple(c.strip() for c in row["colors"].split(";") if c.strip()),
                 )
             except (ValueError, AttributeError) as exc:
@@ -162,9 +163,9 @@ def load_templates(directory: Path, languages: list[str], default_language: str)
             raise KnowledgeError(f"{path}: line {line}: key {extra[0]!r} is not in "
                                  f"{reference_lang}.yaml")
         for key, text in table.items():
-            expected = _placeholders(reference[key])
+            expected = _format_fields(reference[key])
             try:
-                found = _placeholders(text)
+                found = _format_fields(text)
             except ValueError as exc:
                 raise KnowledgeError(f"{path}: line {lines_by_language[lang][key]}: key {key!r}: "
                                      f"{exc}") from None
@@ -175,7 +176,7 @@ def load_templates(directory: Path, languages: list[str], default_language: str)
     return Templates(by_language=by_language, default_language=reference_lang)
 
 
-def _placeholders(text: str) -> set[str]:
+def _format_fields(text: str) -> set[str]:
     return {name for _, name, _, _ in Formatter().parse(text) if name is not None}
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from bot.knowledge import KnowledgeError, Product, load_yaml_mapping
+from bot.knowledge import KnowledgeError, Product, load_yaml_mapping, parse_decimal
 
 CENT = Decimal("0.01")
 INCOTERM_ORDER = ("EXW", "FOB", "CFR", "CIF", "DDP")
@@ -27,12 +27,9 @@ def money(value: Decimal) -> Decimal:
 
 def _dec(value: Any, where: str) -> Decimal:
     try:
-        number = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise KnowledgeError(f"{where}: {value!r} is not a number") from None
-    if not number.is_finite() or number < 0:
-        raise KnowledgeError(f"{where}: {value!r} must be a non-negative number")
-    return number
+        return parse_decimal(str(value), where)
+    except ValueError as exc:
+        raise KnowledgeError(str(exc)) from None
 
 
 @dataclass(frozen=True)

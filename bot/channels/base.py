@@ -1,7 +1,7 @@
 """The channel contract: how the outbox hands a reply to a platform.
 
 Webhook channels add ``parse``/``verify`` in their own modules; the contract every channel
-shares is only ``name`` and ``send``, so no channel needs empty stubs.
+shares is only ``name`` and ``send``, so no channel implements methods it has no use for.
 """
 
 from __future__ import annotations
