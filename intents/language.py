@@ -13,8 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Protocol
 
+from intents.datafiles import read_yaml
 from intents.keywords import KeywordMatcher
 from intents.text import normalise
 
@@ -30,6 +32,8 @@ _TRADE_TOKEN = re.compile(
     r"iphone|email|e|mail|usd|eur|rmb|cny)$", re.IGNORECASE)
 _NOT_LANGUAGE = re.compile(r"\S+@\S+|https?://\S+|www\.\S+|\b[\w-]+\.(?:com|net|org|example)\b")
 MIN_LATIN_LETTERS = 3
+CLOSE_CALL = 0.15  # backend confidences this close are settled by function words
+MARKERS_FILE = Path(__file__).parent / "data" / "language_markers.yaml"
 NON_LATIN = ("zh", "ru", "ar")  # recognised by their script, never by Latin words
 STRONG_LATIN_LETTERS = 12
 LINGUA_CODES = {"en": "ENGLISH", "zh": "CHINESE", "ru": "RUSSIAN", "es": "SPANISH",
@@ -106,6 +110,8 @@ class LanguageDetector:
                  lexicon: dict[str, KeywordMatcher] | None = None) -> None:
         self.supported = tuple(supported)
         self.backend: LanguageBackend = BACKENDS[backend](self.supported)
+        markers = read_yaml(MARKERS_FILE) or {}
+        self._markers = {lang: {normalise(w) for w in words} for lang, words in markers.items()}
         self._lexicon = {lang: matcher for lang, matcher in (lexicon or {}).items()
                          if lang in self.supported}
 
@@ -155,5 +161,13 @@ class LanguageDetector:
                                  strong=latin_letters >= STRONG_LATIN_LETTERS)
         if backend_best is None or backend_best in NON_LATIN:
             return NO_LANGUAGE
+        if len(candidates) > 1 and backend_conf - candidates[1][1] < CLOSE_CALL:
+            # A close call between two languages: their own function words decide.
+            words = set(folded.split())
+            second = candidates[1][0]
+            mine = len(words & self._markers.get(backend_best, set()))
+            theirs = len(words & self._markers.get(second, set()))
+            if theirs > mine:
+                backend_best, backend_conf = second, candidates[1][1]
         strong = latin_letters >= STRONG_LATIN_LETTERS and backend_conf >= 0.6
         return LanguageGuess(backend_best, backend_conf, strong=strong)
