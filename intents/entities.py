@@ -26,7 +26,7 @@ _ORDER_WORDS = (
 _ORDER_PREFIXED = re.compile(r"(?<![A-Za-z0-9])((?:PO|SO|ORD|OR)[-\s#№]?\d{3,10})(?![0-9])",
                              re.IGNORECASE)
 _ORDER_AFTER_WORD = re.compile(
-    rf"(?:{_ORDER_WORDS})\s*(?:no\.?|nr\.?|n[°º]\.?|number|num\.?|#|№|номер|número|numéro|nummer|号)?"
+    rf"(?:{_ORDER_WORDS})\s*(?:no\.?|nr\.?|n[°º]\.?|number|num\.?|#|№|номер|número|numéro|nummer|号|رقم)?"
     r"\s*(?:is|es|est|ist|é|是|-)?\s*[:：#№]?\s*(\d{4,10})(?![0-9])(?![.,]?\d)(?!\s*(?:m2|m²|㎡|sqm|sq|平|方|кв|м2|м²|pcs|"
     r"containers?|x|×|мм|mm))", re.IGNORECASE)
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}(?![\w-])")
