@@ -13,11 +13,13 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from bot.business_hours import CalendarError
 from bot.config import ConfigError, Settings, load_settings
 from bot.db.database import DatabaseUnavailable
 from bot.knowledge import KnowledgeError
@@ -63,6 +65,8 @@ def run_async(coro_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T
             raise CliError(str(exc), EXIT_UNAVAILABLE) from None
         except KnowledgeError as exc:
             raise CliError(f"knowledge base: {exc}", EXIT_UNAVAILABLE) from None
+        except CalendarError as exc:
+            raise CliError(f"invalid configuration: {exc}", EXIT_CONFIG) from None
     return wrapper
 
 
@@ -218,6 +222,67 @@ def report(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
     figures = run_async(collect_report)(settings)
     click.echo(json.dumps(figures, ensure_ascii=False, indent=2) if as_json
                else format_report(figures))
+
+
+def _instant(text: str | None, option: str) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{option}: not an ISO 8601 time: {text!r}", EXIT_CONFIG) from None
+    if value.utcoffset() is None:
+        raise CliError(f"{option}: needs a timezone offset, e.g. 2026-12-04T18:30+08:00",
+                       EXIT_CONFIG)
+    return value
+
+
+@main.command()
+@config_option
+@click.option("--at", "at_text", metavar="TIME", help="The instant to ask about (default: now).")
+@click.option("--between", nargs=2, metavar="START END",
+              help="Also print the working time between two instants.")
+@click.option("--calendar", "calendar_name", default="default", show_default=True,
+              help="Which calendar ([hours] is 'default'; others from [calendars.NAME]).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def hours(ctx: click.Context, config_path: Path | None, at_text: str | None,
+          between: tuple[str, str] | None, calendar_name: str, as_json: bool) -> None:
+    """Is the desk open now, when does it open next, and working time between two instants."""
+    from bot.business_hours import build_calendars
+
+    settings = settings_from(ctx, config_path)
+    try:
+        calendars = build_calendars(settings.hours, settings.calendars)
+    except CalendarError as exc:
+        raise CliError(f"invalid configuration: {exc}", EXIT_CONFIG) from None
+    if calendar_name not in calendars:
+        raise CliError(f"--calendar: unknown calendar {calendar_name!r}; configured: "
+                       f"{', '.join(calendars)}", EXIT_CONFIG)
+    calendar = calendars[calendar_name]
+    at = _instant(at_text, "--at")
+    local = at.astimezone(calendar.timezone)
+    opening = calendar.next_opening(at).astimezone(calendar.timezone)
+    result: dict[str, Any] = {
+        "calendar": calendar.name, "timezone": calendar.timezone.key, "at": local.isoformat(),
+        "open": calendar.is_open(at), "next_opening": opening.isoformat(),
+        "holiday": calendar.holiday_name(local.date()),
+    }
+    if between:
+        start, end = _instant(between[0], "--between"), _instant(between[1], "--between")
+        minutes = int(calendar.working_between(start, end).total_seconds() // 60)
+        result["working_minutes"] = minutes
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+        return
+    click.echo(f"calendar {result['calendar']} ({result['timezone']}) at {result['at']}: "
+               f"{'open' if result['open'] else 'closed'}"
+               + (f" — {result['holiday']}" if result["holiday"] else ""))
+    click.echo(f"next opening: {result['next_opening']}")
+    if between:
+        minutes = result["working_minutes"]
+        click.echo(f"working time between: {minutes // 60} h {minutes % 60:02d} min "
+                   f"({minutes} minutes)")
 
 
 @main.group()

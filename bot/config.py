@@ -235,6 +235,19 @@ class FlowSettings(Section):
         return parse_duration(value) if isinstance(value, str) else value
 
 
+class AfterHoursSettings(Section):
+    """The after-hours notice: one per off-hours period per conversation."""
+
+    enabled: bool = True
+    # No notice when an agent answered the conversation this recently.
+    agent_recent: timedelta = timedelta(minutes=10)
+
+    @field_validator("agent_recent", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
 class KnowledgeSettings(Section):
     """Where the knowledge base lives; empty means the bundled demo knowledge."""
 
@@ -262,6 +275,9 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     flows: FlowSettings = Field(default_factory=FlowSettings)
+    after_hours: AfterHoursSettings = Field(default_factory=AfterHoursSettings)
+    # More calendars (per region or team), each like [hours]: [calendars.europe] ...
+    calendars: dict[str, HoursSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(

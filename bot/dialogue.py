@@ -6,7 +6,9 @@ returns replies. Order of precedence for a customer message:
 1. commands (``/lang xx``, ``/start``, ``/human``, ``/cancel``) — always work;
 2. an active flow (quote, verification, complaint...) continues, unless the customer
    cancels it or clearly asks something else, or it timed out;
-3. the handler of the message's intent (``fallback`` for intents without one).
+3. the handler of the message's intent (``fallback`` for intents without one);
+then, outside working hours, the after-hours notice (once per off-hours period) and, for
+an urgent message, a page to the on-call agent.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.after_hours import after_hours_replies
+from bot.business_hours import BusinessCalendar
 from bot.config import Settings
 from bot.db.models import Conversation, Customer, Message
 from bot.knowledge import Knowledge
@@ -26,11 +30,12 @@ from intents.understanding import Understander, Understanding
 
 class Dialogue:
     def __init__(self, settings: Settings, knowledge: Knowledge, understander: Understander,
-                 handlers: dict[str, Handler]) -> None:
+                 handlers: dict[str, Handler], calendar: BusinessCalendar) -> None:
         self.settings = settings
         self.knowledge = knowledge
         self.understander = understander
         self.handlers = handlers
+        self.calendar = calendar
 
     async def respond(self, session: AsyncSession, conversation: Conversation,
                       customer: Customer | None, message: Message,
@@ -47,15 +52,17 @@ class Dialogue:
             message=message, understanding=understanding, lang=lang,
         )
         replies = await self._command(ctx)
-        if replies is None:
-            replies = await self._flow(ctx)
+        if replies is not None:
+            return understanding, replies
+        replies = await self._flow(ctx)
         if replies is None:
             handler = self.handlers.get(understanding.intent) or self.handlers["fallback"]
             replies = await handler.handle(ctx)
             conversation.last_intent = understanding.intent
             if understanding.intent != "unknown":
                 conversation.misses = 0
-        return understanding, replies
+        # Outside working hours self-service goes on; the notice and any page follow.
+        return understanding, replies + await after_hours_replies(ctx, self.calendar)
 
     async def _flow(self, ctx: HandlerContext) -> list[Reply] | None:
         conversation = ctx.conversation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from bot.business_hours import BusinessCalendar, build_calendars
 from bot.channels import Channel, build_channels
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
@@ -32,6 +33,7 @@ class Service:
     understander: Understander
     pipeline: Pipeline
     outbox: OutboxDispatcher
+    calendars: dict[str, BusinessCalendar]
 
     @classmethod
     async def start(cls, settings: Settings, *, clock: Clock | None = None,
@@ -50,10 +52,12 @@ class Service:
                                            settings.languages.detector)
         outbox = OutboxDispatcher(db, clock, channels if channels is not None
                                   else build_channels(settings), settings.outbox)
-        dialogue = Dialogue(settings, knowledge, understander, build_handlers())
+        calendars = build_calendars(settings.hours, settings.calendars)
+        dialogue = Dialogue(settings, knowledge, understander, build_handlers(),
+                            calendars["default"])
         pipeline = Pipeline(settings=settings, db=db, clock=clock, dialogue=dialogue,
                             on_outbox=outbox.wake)
-        return cls(settings, clock, db, knowledge, understander, pipeline, outbox)
+        return cls(settings, clock, db, knowledge, understander, pipeline, outbox, calendars)
 
     async def close(self) -> None:
         await self.db.dispose()
