@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -14,9 +13,9 @@ from sqlalchemy import select
 
 from bot.cli import main
 from bot.config import load_settings
-from bot.db.database import Database
 from bot.db.models import Conversation, Order, OrderEvent
 from bot.knowledge import Knowledge
+from tests.helpers import query
 
 T0 = "2026-12-04T10:00:00+08:00"  # a Friday, within Shanghai office hours
 CUSTOMER_LINE_KEYS = {"at", "to", "channel", "chat", "kind", "lang", "intent", "text"}
@@ -59,17 +58,6 @@ def greeting(lang: str) -> str:
     knowledge = Knowledge.load(settings.knowledge.path, settings.languages.supported,
                                settings.languages.default)
     return knowledge.templates.render("greeting", lang, company=settings.company.name)
-
-
-def query(url: str, statement: Any) -> list[Any]:
-    async def _run() -> list[Any]:
-        database = Database(url)
-        try:
-            async with database.sessions() as session:
-                return list((await session.execute(statement)).scalars())
-        finally:
-            await database.dispose()
-    return asyncio.run(_run())
 
 
 # --- output --------------------------------------------------------------------------------

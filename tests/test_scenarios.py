@@ -10,7 +10,6 @@ against the knowledge tables, read here independently of ``bot.pricing``.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import math
@@ -31,9 +30,9 @@ from sqlalchemy import select
 
 from bot.cli import main
 from bot.config import Settings, load_settings
-from bot.db.database import Database
 from bot.db.models import Case, Contact, Customer, Quote
 from bot.knowledge import BUNDLED_KNOWLEDGE, Knowledge
+from tests.helpers import query
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 BACKEND = os.environ.get("SUPPORTBOT_TEST_DATABASE", "sqlite")  # as in conftest
@@ -862,17 +861,6 @@ def test_every_handler_is_covered_in_three_languages() -> None:
                    "return_refund", "documents", "product_info", "technical_support",
                    "human_agent", "unknown"):
         assert len(seen.get(intent, set())) >= 3, (intent, seen.get(intent))
-
-
-def query(url: str, statement: Any) -> list[Any]:
-    async def _run() -> list[Any]:
-        database = Database(url)
-        try:
-            async with database.sessions() as session:
-                return list((await session.execute(statement)).scalars())
-        finally:
-            await database.dispose()
-    return asyncio.run(_run())
 
 
 def test_order_status_kept_in_a_database(database_url: str) -> None:
