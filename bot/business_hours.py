@@ -31,7 +31,7 @@ def _parse_interval(text: str) -> tuple[time, time, bool]:
     start_text, end_text = text.split("-")
     start = time.fromisoformat(start_text)
     end = time(0, 0) if end_text == "24:00" else time.fromisoformat(end_text)
-    overnight = end <= start and end_text != "24:00" or end_text == "24:00"
+    overnight = end <= start  # "22:00-06:00" and "18:00-24:00" end on the next day
     return start, end, overnight
 
 
@@ -48,7 +48,7 @@ class BusinessCalendar:
 
     @classmethod
     def from_settings(cls, settings: HoursSettings, name: str = "default") -> BusinessCalendar:
-        weekly = {WEEKDAYS.index(day): [_parse_interval(i) for i in intervals]
+        weekly = {WEEKDAYS.index(day): sorted(_parse_interval(i) for i in intervals)
                   for day, intervals in settings.weekly.items()}
         country = settings.holidays_country
         try:
@@ -59,7 +59,7 @@ class BusinessCalendar:
         calendar = cls(name=name, timezone=ZoneInfo(settings.timezone), weekly=weekly,
                        country=country, extra_closed=frozenset(settings.extra_closed),
                        extra_open=frozenset(settings.extra_open), _holidays=table)
-        if not any(calendar.weekly.values()) and not calendar.extra_open:
+        if not any(calendar.weekly.values()):
             raise CalendarError("hours.weekly: the calendar has no working hours at all")
         return calendar
 
@@ -96,12 +96,23 @@ class BusinessCalendar:
 
     def intervals(self, start_day: date, days: int) -> Iterator[tuple[datetime, datetime]]:
         """Working intervals as UTC instants, in order, for ``days`` days from ``start_day``
-        (intervals of the day before are included: a night shift may run into the first)."""
+        (intervals of the day before are included: a night shift may run into the first).
+        Overlapping intervals (a night shift running into the next morning's hours, or a
+        configuration that overlaps) are merged, so no minute counts twice."""
+        current: tuple[datetime, datetime] | None = None
         for offset in range(-1, days):
             day = start_day + timedelta(days=offset)
-            for begin, end, overnight in self.hours_on(day):
+            for begin_time, end_time, overnight in self.hours_on(day):
                 end_day = day + timedelta(days=1) if overnight else day
-                yield self._local(day, begin), self._local(end_day, end)
+                begin, end = self._local(day, begin_time), self._local(end_day, end_time)
+                if current is not None and begin <= current[1]:
+                    current = (current[0], max(current[1], end))
+                    continue
+                if current is not None:
+                    yield current
+                current = (begin, end)
+        if current is not None:
+            yield current
 
     # --- instants ---------------------------------------------------------------------
 
@@ -143,7 +154,7 @@ class BusinessCalendar:
         total = timedelta(0)
         if end <= start:
             return total
-        days = (end - start).days + 2
+        days = (end - start).days + 3  # local days can be shorter than 24 h (DST)
         for begin, finish in self._around(start, days):
             if begin >= end:
                 break

@@ -262,7 +262,10 @@ def hours(ctx: click.Context, config_path: Path | None, at_text: str | None,
     calendar = calendars[calendar_name]
     at = _instant(at_text, "--at")
     local = at.astimezone(calendar.timezone)
-    opening = calendar.next_opening(at).astimezone(calendar.timezone)
+    try:
+        opening = calendar.next_opening(at).astimezone(calendar.timezone)
+    except CalendarError as exc:
+        raise CliError(f"invalid configuration: {exc}", EXIT_CONFIG) from None
     result: dict[str, Any] = {
         "calendar": calendar.name, "timezone": calendar.timezone.key, "at": local.isoformat(),
         "open": calendar.is_open(at), "next_opening": opening.isoformat(),

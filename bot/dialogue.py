@@ -53,7 +53,7 @@ class Dialogue:
         )
         replies = await self._command(ctx)
         if replies is not None:
-            return understanding, replies
+            return understanding, replies + await after_hours_replies(ctx, self.calendar)
         replies = await self._flow(ctx)
         if replies is None:
             handler = self.handlers.get(understanding.intent) or self.handlers["fallback"]
