@@ -54,6 +54,10 @@ class Dialogue:
         replies = await self._command(ctx)
         if replies is not None:
             return understanding, replies + await after_hours_replies(ctx, self.calendar)
+        if conversation.status == "owned":
+            # A person owns the conversation: the bot stays quiet and relays to them.
+            return understanding, [Reply(text=message.text, kind="relay", to="agents",
+                                         lang=lang, intent=understanding.intent)]
         replies = await self._flow(ctx)
         if replies is None:
             handler = self.handlers.get(understanding.intent) or self.handlers["fallback"]

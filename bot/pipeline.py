@@ -197,12 +197,15 @@ class Pipeline:
         return Processed(message.id, conversation.id, understanding, replies, outbox_ids)
 
     async def queue_replies(self, session: AsyncSession, conversation: Conversation,
-                            replies: list[Reply], now: datetime) -> list[int]:
-        """Store each reply as an outbound message plus an outbox row, in the caller's tx."""
+                            replies: list[Reply], now: datetime,
+                            agent_id: int | None = None) -> list[int]:
+        """Store each reply as an outbound message plus an outbox row, in the caller's tx.
+        With ``agent_id`` the replies are an agent's words, relayed by the bot."""
         ids: list[int] = []
         for reply in replies:
             message = Message(
-                conversation_id=conversation.id, direction="out", sender="bot",
+                conversation_id=conversation.id, direction="out",
+                sender="agent" if agent_id else "bot", agent_id=agent_id,
                 channel=conversation.channel, audience=reply.to, kind=reply.kind,
                 text=reply.text, lang=reply.lang, intent=reply.intent, created_at=now,
                 processed_at=now,

@@ -189,8 +189,13 @@ class Replayer:
                        "reason": exc.reason})
 
     async def _agent(self, event: Event) -> None:
-        self.warn(f"line {event.line}: agent action {event.data['action']!r} skipped: agent "
-                  "hand-off is not available in this version")
+        from bot.agent_actions import perform
+
+        data = event.data
+        outcome = await perform(self.service, data["chat"], data["agent"], data["action"],
+                                text=data.get("text"), to=data.get("to"))
+        for line in outcome.events:
+            self.emit(line)
 
     async def _order_event(self, event: Event) -> None:
         try:

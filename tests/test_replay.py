@@ -146,17 +146,19 @@ def test_missing_scenario_file_exits_1(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "cannot read scenario" in result.stderr
 
 
-def test_agent_action_not_supported_yet_warns_and_continues(tmp_path: Path) -> None:
+def test_agent_actions_are_part_of_the_run(tmp_path: Path) -> None:
     result = replay(scenario(
         tmp_path, SETUP, say(T0, "tg-1", "Hallo"),
         {"at": "2026-12-04T10:01:00+08:00", "from": "agent", "agent": "agent-1",
          "action": "take", "chat": "tg-1"},
         say("2026-12-04T10:02:00+08:00", "tg-2", "hello")))
     assert result.exit_code == 0, explain(result)
-    assert "warning: line 3:" in result.stderr and "'take'" in result.stderr
-    assert "warning" not in result.stdout
-    assert [(line["chat"], line["intent"]) for line in output(result)] == [
-        ("tg-1", "greeting"), ("tg-2", "greeting")]
+    assert result.stderr == ""
+    lines = output(result)
+    assert lines[1] == {"at": "2026-12-04T10:01:00+08:00", "event": "owner", "chat": "tg-1",
+                        "agent": "agent-1", "owner": "agent-1", "action": "take", "ok": True}
+    assert [(line["chat"], line.get("intent")) for line in lines if "to" in line] == [
+        ("tg-1", "greeting"), ("tg-1", None), ("tg-2", "greeting")]
 
 
 # --- kept database ------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""What agents do to a conversation: take, reply, note, transfer, accept, release, resolve.
+
+One implementation for every front end: ``supportbot replay`` uses it now, and the Slack
+channel will call the same functions for its buttons, thread replies and commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from bot import ownership
+from bot.db.models import Conversation, Message
+from bot.service import Service
+from bot.types import Reply
+
+ACTIONS = ("take", "reply", "note", "transfer", "accept", "release", "resolve")
+
+
+@dataclass
+class ActionOutcome:
+    """What happened, as the replay output line(s) describe it."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def find_conversation(session: Any, chat: str) -> Conversation | None:
+    """The chat's current conversation: the newest one, open ones first."""
+    return (await session.execute(
+        select(Conversation).where(Conversation.chat == chat)
+        .order_by(Conversation.status == "resolved", Conversation.id.desc()).limit(1)
+    )).scalar_one_or_none()
+
+
+async def perform(service: Service, chat: str, agent_ref: str, action: str,
+                  text: str | None = None, to: str | None = None) -> ActionOutcome:
+    if action not in ACTIONS:
+        raise ValueError(f"unknown agent action {action!r}")
+    now = service.clock.now()
+    outcome = ActionOutcome()
+    async with service.db.sessions.begin() as session:
+        conversation = await find_conversation(session, chat)
+        if conversation is None:
+            outcome.events.append({"event": "owner", "chat": chat, "agent": agent_ref,
+                                   "action": action, "ok": False,
+                                   "reason": "no conversation with this chat"})
+            return outcome
+        if action == "take":
+            result = await ownership.take(session, conversation.id, agent_ref, now)
+            if result.ok:
+                await session.refresh(conversation)
+                lang = conversation.language or service.settings.languages.default
+                notice = service.knowledge.templates.render("human.taken", lang, agent=agent_ref)
+                await service.pipeline.queue_replies(
+                    session, conversation, [Reply(notice, lang=lang, template="human.taken")], now)
+        elif action in ("reply", "note"):
+            agent = await ownership.agent_by_ref(session, agent_ref, now)
+            is_owner = conversation.owner_id == agent.id and conversation.status == "owned"
+            if action == "reply" and not is_owner:
+                result = ownership.OwnershipResult(
+                    "reply", False, await ownership._owner_ref(session, conversation.id),
+                    "only the owner replies to the customer; others add notes")
+            elif action == "reply":
+                lang = conversation.language or service.settings.languages.default
+                await service.pipeline.queue_replies(
+                    session, conversation, [Reply(text or "", kind="relay", lang=lang)], now,
+                    agent_id=agent.id)
+                result = ownership.OwnershipResult("reply", True, agent_ref)
+            else:
+                session.add(Message(conversation_id=conversation.id, direction="out",
+                                    sender="agent", agent_id=agent.id,
+                                    channel=conversation.channel, audience="agents",
+                                    kind="note", text=text or "", created_at=now,
+                                    processed_at=now))
+                result = ownership.OwnershipResult("note", True,
+                                                   await ownership._owner_ref(session,
+                                                                              conversation.id))
+        elif action == "transfer":
+            result = await ownership.transfer(session, conversation, agent_ref, to or "", now)
+        elif action == "accept":
+            result = await ownership.accept(session, conversation, agent_ref, now)
+        elif action == "release":
+            result = await ownership.release(session, conversation, agent_ref, now)
+        else:
+            result = await ownership.resolve(session, conversation, agent_ref, now)
+        event: dict[str, Any] = {"event": "owner", "chat": chat, "agent": agent_ref,
+                                 "owner": result.owner, "action": action, "ok": result.ok}
+        if result.reason:
+            event["reason"] = result.reason
+        outcome.events.append(event)
+    service.outbox.wake()
+    return outcome

@@ -1,0 +1,131 @@
+"""First-responder ownership: the first agent who takes a conversation owns it until it is
+resolved. Claims are conditional updates, so of any number of simultaneous Takes exactly
+one succeeds; every change, and every refused attempt, is an ownership event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.models import Agent, Conversation, OwnershipEvent
+
+CLAIMABLE = ("open", "handed_off")
+
+
+@dataclass(frozen=True)
+class OwnershipResult:
+    action: str
+    ok: bool
+    owner: str | None
+    reason: str | None = None
+
+
+async def agent_by_ref(session: AsyncSession, ref: str, now: datetime) -> Agent:
+    agent = (await session.execute(select(Agent).where(Agent.ref == ref))).scalar_one_or_none()
+    if agent is None:
+        agent = Agent(ref=ref, name=ref, created_at=now)
+        session.add(agent)
+        await session.flush()
+    return agent
+
+
+async def _owner_ref(session: AsyncSession, conversation_id: int) -> str | None:
+    return await session.scalar(
+        select(Agent.ref).join(Conversation, Conversation.owner_id == Agent.id)
+        .where(Conversation.id == conversation_id))
+
+
+async def _record(session: AsyncSession, conversation_id: int, agent: Agent, action: str,
+                  ok: bool, now: datetime, reason: str | None = None,
+                  target: Agent | None = None) -> None:
+    session.add(OwnershipEvent(conversation_id=conversation_id, agent_id=agent.id,
+                               target_agent_id=target.id if target else None, action=action,
+                               ok=ok, reason=reason, at=now))
+
+
+async def take(session: AsyncSession, conversation_id: int, agent_ref: str,
+               now: datetime) -> OwnershipResult:
+    agent = await agent_by_ref(session, agent_ref, now)
+    claimed = await session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.owner_id.is_(None),
+               Conversation.status.in_(CLAIMABLE))
+        .values(owner_id=agent.id, status="owned", updated_at=now))
+    if claimed.rowcount == 1:  # type: ignore[attr-defined]
+        await _record(session, conversation_id, agent, "take", True, now)
+        return OwnershipResult("take", True, agent_ref)
+    owner = await _owner_ref(session, conversation_id)
+    reason = f"owned by {owner}" if owner else "conversation is not open"
+    await _record(session, conversation_id, agent, "take", False, now, reason)
+    return OwnershipResult("take", False, owner, reason)
+
+
+async def _require_owner(session: AsyncSession, conversation: Conversation, agent: Agent,
+                         action: str, now: datetime) -> OwnershipResult | None:
+    if conversation.owner_id == agent.id and conversation.status == "owned":
+        return None
+    owner = await _owner_ref(session, conversation.id)
+    reason = f"only the owner ({owner}) can {action}" if owner else "nobody owns it yet"
+    await _record(session, conversation.id, agent, action, False, now, reason)
+    return OwnershipResult(action, False, owner, reason)
+
+
+async def transfer(session: AsyncSession, conversation: Conversation, agent_ref: str,
+                   to_ref: str, now: datetime) -> OwnershipResult:
+    """Offer the conversation to another agent; the owner stays owner until they accept."""
+    agent = await agent_by_ref(session, agent_ref, now)
+    refused = await _require_owner(session, conversation, agent, "transfer", now)
+    if refused:
+        return refused
+    target = await agent_by_ref(session, to_ref, now)
+    conversation.context = {**(conversation.context or {}), "transfer_to": to_ref}
+    await _record(session, conversation.id, agent, "transfer", True, now, target=target)
+    return OwnershipResult("transfer", True, agent_ref)
+
+
+async def accept(session: AsyncSession, conversation: Conversation, agent_ref: str,
+                 now: datetime) -> OwnershipResult:
+    agent = await agent_by_ref(session, agent_ref, now)
+    offered = (conversation.context or {}).get("transfer_to")
+    owner = await _owner_ref(session, conversation.id)
+    if offered != agent_ref or conversation.owner_id is None:
+        reason = "no transfer was offered to this agent"
+        await _record(session, conversation.id, agent, "accept", False, now, reason)
+        return OwnershipResult("accept", False, owner, reason)
+    moved = await session.execute(
+        update(Conversation).where(Conversation.id == conversation.id,
+                                   Conversation.owner_id == conversation.owner_id)
+        .values(owner_id=agent.id, updated_at=now))
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        await _record(session, conversation.id, agent, "accept", False, now, "ownership changed")
+        return OwnershipResult("accept", False, owner, "ownership changed")
+    context = dict(conversation.context or {})
+    context.pop("transfer_to", None)
+    conversation.context = context
+    await _record(session, conversation.id, agent, "accept", True, now)
+    return OwnershipResult("accept", True, agent_ref)
+
+
+async def release(session: AsyncSession, conversation: Conversation, agent_ref: str,
+                  now: datetime) -> OwnershipResult:
+    agent = await agent_by_ref(session, agent_ref, now)
+    refused = await _require_owner(session, conversation, agent, "release", now)
+    if refused:
+        return refused
+    conversation.owner_id, conversation.status, conversation.updated_at = None, "handed_off", now
+    await _record(session, conversation.id, agent, "release", True, now)
+    return OwnershipResult("release", True, None)
+
+
+async def resolve(session: AsyncSession, conversation: Conversation, agent_ref: str,
+                  now: datetime) -> OwnershipResult:
+    agent = await agent_by_ref(session, agent_ref, now)
+    refused = await _require_owner(session, conversation, agent, "resolve", now)
+    if refused:
+        return refused
+    conversation.status, conversation.resolved_at, conversation.updated_at = "resolved", now, now
+    await _record(session, conversation.id, agent, "resolve", True, now)
+    return OwnershipResult("resolve", True, agent_ref)
