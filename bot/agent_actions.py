@@ -14,6 +14,7 @@ from sqlalchemy import select
 from bot import ownership
 from bot.db.models import Conversation, Message
 from bot.service import Service
+from bot.tone_guard import ToneGuard
 from bot.types import Reply
 
 ACTIONS = ("take", "reply", "note", "transfer", "accept", "release", "resolve")
@@ -24,6 +25,18 @@ class ActionOutcome:
     """What happened, as the replay output line(s) describe it."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
+
+
+_GUARDS: dict[int, tuple[Any, ToneGuard]] = {}
+
+
+def _tone_guard(service: Service) -> ToneGuard:
+    """One guard per knowledge base (built once: it prepares every phrase)."""
+    knowledge = service.knowledge
+    cached = _GUARDS.get(id(knowledge))
+    if cached is None or cached[0] is not knowledge:
+        cached = _GUARDS[id(knowledge)] = (knowledge, ToneGuard(knowledge.phrases))
+    return cached[1]
 
 
 async def find_conversation(session: Any, chat: str) -> Conversation | None:
@@ -62,6 +75,14 @@ async def perform(service: Service, chat: str, agent_ref: str, action: str,
                 result = ownership.OwnershipResult(
                     "reply", False, await ownership._owner_ref(session, conversation.id),
                     "only the owner replies to the customer; others add notes")
+            elif action == "reply" and (hit := _tone_guard(service).check(text or "")):
+                # Held back: the agent sees why and a polite alternative; nothing is sent.
+                warning = service.knowledge.agent_texts["blocked"].format(
+                    phrase=hit.phrase, alternative=hit.alternative, language=hit.lang)
+                outcome.events.append({"to": "agents", "chat": chat, "kind": "blocked",
+                                       "text": warning, "owner": agent_ref})
+                result = ownership.OwnershipResult("reply", False, agent_ref,
+                                                   "held back by the tone guard")
             elif action == "reply":
                 lang = conversation.language or service.settings.languages.default
                 await service.pipeline.queue_replies(

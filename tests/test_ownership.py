@@ -130,3 +130,29 @@ async def test_fifty_simultaneous_takes_make_exactly_one_owner(postgres_url: str
         assert len(events) == 50 and sum(events) == 1 and owner is not None
     finally:
         await service.close()
+
+
+def test_a_forbidden_phrase_is_held_back_with_a_polite_alternative(tmp_path: Path) -> None:
+    lines = replay(tmp_path, customer(0, "hello"), agent(1, "agent-1", "take"),
+                   agent(2, "agent-1", "reply", text="Not my problem, go and find someone else"),
+                   agent(3, "agent-1", "reply", text="给你讲过好几遍了，你怎么还弄不懂啊"),
+                   agent(4, "agent-1", "reply", text="Thank you for waiting, the vessel left today."))
+    blocked = [e for e in lines if e.get("kind") == "blocked"]
+    assert len(blocked) == 2 and all(e["to"] == "agents" for e in blocked)
+    assert "Not my problem" in blocked[0]["text"] and "Try instead" in blocked[0]["text"]
+    sent = [e["text"] for e in lines if e.get("to") == "customer" and e.get("kind") == "relay"]
+    assert sent == ["Thank you for waiting, the vessel left today."]
+
+
+def test_the_tone_guard_tolerates_variants_and_spares_innocent_words() -> None:
+    from bot.knowledge import Knowledge
+    from bot.tone_guard import ToneGuard
+
+    guard = ToneGuard(Knowledge.load(None, ["en", "zh", "ru", "de"], "en").phrases)
+    for rude in ("not my problem!!", "NOT MY PROBLEM", "calm down please", "you idiot",
+                 "Не моя проблема", "你问我,我问谁?"):
+        assert guard.check(rude) is not None, rude
+    for fine in ("It is not my intention to delay you.", "idiotproof click system",
+                 "Vielen Dank, ich prüfe das sofort.", "您好，我来帮您查一下",
+                 "The B/L will be released today."):
+        assert guard.check(fine) is None, fine
