@@ -22,7 +22,7 @@ from sqlalchemy.orm import selectinload
 from bot.clock import Clock
 from bot.config import Settings
 from bot.db.database import Database
-from bot.db.models import Contact, Conversation, Customer, Message, OutboxItem
+from bot.db.models import Agent, Contact, Conversation, Customer, Message, OutboxItem
 from bot.dialogue import Dialogue
 from bot.handoff import AGENTS_CHANNEL
 from bot.types import InboundMessage, Reply
@@ -202,6 +202,10 @@ class Pipeline:
         """Store each reply as an outbound message plus an outbox row, in the caller's tx.
         With ``agent_id`` the replies are an agent's words, relayed by the bot."""
         ids: list[int] = []
+        owner = None
+        if conversation.owner_id is not None and any(r.to == "agents" for r in replies):
+            owner = await session.scalar(select(Agent.ref).where(
+                Agent.id == conversation.owner_id))
         for reply in replies:
             message = Message(
                 conversation_id=conversation.id, direction="out",
@@ -215,7 +219,8 @@ class Pipeline:
             item = OutboxItem(
                 message_id=message.id, chat=conversation.chat,
                 channel=conversation.channel if reply.to == "customer" else AGENTS_CHANNEL,
-                payload={**reply_payload(reply), "customer_channel": conversation.channel},
+                payload={**reply_payload(reply), "customer_channel": conversation.channel,
+                         "owner": owner},
                 next_attempt_at=now, created_at=now,
             )
             session.add(item)

@@ -123,7 +123,8 @@ class RecordingChannel:
             line.update(channel=self.name, chat=delivery.chat, kind=delivery.kind,
                         lang=delivery.lang, intent=delivery.intent, text=delivery.text)
         else:
-            line.update(chat=delivery.chat, kind=delivery.kind, text=delivery.text, owner=None)
+            line.update(chat=delivery.chat, kind=delivery.kind, text=delivery.text,
+                        owner=delivery.owner)
         if delivery.buttons:
             line["buttons"] = [b["label"] for b in delivery.buttons]
         if delivery.attachments:

@@ -77,8 +77,8 @@ def test_first_responder_owns_until_resolved(tmp_path: Path, database_url: str) 
     told = [e for e in lines if e.get("to") == "customer" and e["at"] == T.format(1)]
     assert len(told) == 1 and "agent-1" in told[0]["text"] and told[0]["lang"] == "de"
     at_two = [e for e in lines if e["at"] == T.format(2)]
-    assert [(e["to"], e["kind"], e["text"]) for e in at_two] == [
-        ("agents", "relay", "Hallo, sind Sie da?")]
+    assert [(e["to"], e["kind"], e["text"], e["owner"]) for e in at_two] == [
+        ("agents", "relay", "Hallo, sind Sie da?", "agent-1")]
     relayed = [e for e in lines if e.get("to") == "customer" and e.get("kind") == "relay"]
     assert [e["text"] for e in relayed] == ["Guten Tag, ich helfe Ihnen gern."]
     assert not any(e.get("text") == "Hallo!" for e in lines)  # a non-owner's reply is not sent

@@ -23,13 +23,15 @@ class Delivery:
     intent: str | None = None
     buttons: list[dict[str, str]] = field(default_factory=list)
     attachments: list[dict[str, str]] = field(default_factory=list)
+    owner: str | None = None  # for the agents' side: who owns the conversation
 
     @classmethod
     def from_payload(cls, outbox_id: int, chat: str, payload: dict[str, Any]) -> Delivery:
         return cls(outbox_id=outbox_id, chat=chat, text=payload["text"], kind=payload["kind"],
                    to=payload.get("to", "customer"), lang=payload.get("lang"),
                    intent=payload.get("intent"), buttons=list(payload.get("buttons") or []),
-                   attachments=list(payload.get("attachments") or []))
+                   attachments=list(payload.get("attachments") or []),
+                   owner=payload.get("owner"))
 
 
 class TemporaryDeliveryError(Exception):
