@@ -5,14 +5,18 @@ message is recorded. Urgent messages after hours page the on-call agent."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 
 from bot.business_hours import BusinessCalendar
 from bot.db.models import Message
+from bot.handoff import describe_customer
 from bot.types import Reply
-from handlers.base import HandlerContext
+
+if TYPE_CHECKING:  # handlers import this module; at run time no import is needed
+    from handlers.base import HandlerContext
 
 CONTEXT_KEY = "after_hours_notice_until"  # the opening that ends the period already told
 
@@ -50,12 +54,9 @@ async def after_hours_replies(ctx: HandlerContext, calendar: BusinessCalendar) -
                                  opening=describe_opening(ctx, opening, calendar),
                                  emergency=ctx.settings.company.emergency_contact))
     if ctx.understanding.urgent:
-        agents = ctx.knowledge.agent_texts
-        customer = ctx.customer
-        who = f"{customer.company or customer.ref}" if customer else agents["unknown_customer"]
         replies.append(Reply(
-            text=agents["escalation.after_hours_urgent"].format(
-                customer=who, channel=ctx.conversation.channel, chat=ctx.conversation.chat,
+            text=ctx.knowledge.agent_texts["escalation.after_hours_urgent"].format(
+                customer=describe_customer(ctx), channel=ctx.conversation.channel, chat=ctx.conversation.chat,
                 language=ctx.lang, last_message=ctx.message.text[:500]),
             kind="escalation", to="agents", lang=ctx.lang, intent=ctx.understanding.intent,
             template="escalation.after_hours_urgent"))

@@ -14,7 +14,6 @@ from sqlalchemy import select
 from bot import ownership
 from bot.db.models import Conversation, Message
 from bot.service import Service
-from bot.tone_guard import ToneGuard
 from bot.types import Reply
 
 ACTIONS = ("take", "reply", "note", "transfer", "accept", "release", "resolve")
@@ -25,18 +24,6 @@ class ActionOutcome:
     """What happened, as the replay output line(s) describe it."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
-
-
-_GUARDS: dict[int, tuple[Any, ToneGuard]] = {}
-
-
-def _tone_guard(service: Service) -> ToneGuard:
-    """One guard per knowledge base (built once: it prepares every phrase)."""
-    knowledge = service.knowledge
-    cached = _GUARDS.get(id(knowledge))
-    if cached is None or cached[0] is not knowledge:
-        cached = _GUARDS[id(knowledge)] = (knowledge, ToneGuard(knowledge.phrases))
-    return cached[1]
 
 
 async def find_conversation(session: Any, chat: str) -> Conversation | None:
@@ -73,9 +60,9 @@ async def perform(service: Service, chat: str, agent_ref: str, action: str,
             is_owner = conversation.owner_id == agent.id and conversation.status == "owned"
             if action == "reply" and not is_owner:
                 result = ownership.OwnershipResult(
-                    "reply", False, await ownership._owner_ref(session, conversation.id),
+                    "reply", False, await ownership.owner_ref(session, conversation.id),
                     "only the owner replies to the customer; others add notes")
-            elif action == "reply" and (hit := _tone_guard(service).check(text or "")):
+            elif action == "reply" and (hit := service.tone_guard.check(text or "")):
                 # Held back: the agent sees why and a polite alternative; nothing is sent.
                 warning = service.knowledge.agent_texts["blocked"].format(
                     phrase=hit.phrase, alternative=hit.alternative, language=hit.lang)
@@ -96,7 +83,7 @@ async def perform(service: Service, chat: str, agent_ref: str, action: str,
                                     kind="note", text=text or "", created_at=now,
                                     processed_at=now))
                 result = ownership.OwnershipResult("note", True,
-                                                   await ownership._owner_ref(session,
+                                                   await ownership.owner_ref(session,
                                                                               conversation.id))
         elif action == "transfer":
             result = await ownership.transfer(session, conversation, agent_ref, to or "", now)

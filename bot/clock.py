@@ -42,8 +42,3 @@ def ensure_aware(instant: datetime) -> datetime:
     if instant.tzinfo is None or instant.utcoffset() is None:
         raise ValueError(f"datetime {instant.isoformat()} has no timezone offset")
     return instant.astimezone(UTC)
-
-
-def as_utc(instant: datetime) -> datetime:
-    """Values read back from SQLite lose their tzinfo; they were stored as UTC."""
-    return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)

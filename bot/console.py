@@ -22,14 +22,12 @@ async def run_console(settings: Settings, chat_id: str, stdin: TextIO,
         await service.outbox.dispatch_due()
         if interactive:
             write("Type a message (Ctrl-D or /quit to leave).")
-        counter = 0
         while True:
             if interactive:
                 write("you> ")
             line = stdin.readline()
             if not line or line.strip() == "/quit":
                 break
-            counter += 1
             try:
                 await service.pipeline.handle(InboundMessage(
                     channel=channel.name, chat=chat_id, text=line.rstrip("\n")))

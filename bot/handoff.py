@@ -7,11 +7,13 @@ channel (Slack), so it is as durable as any reply.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.db.models import Case
 from bot.types import Reply
-from handlers.base import HandlerContext
+
+if TYPE_CHECKING:  # handlers import this module; at run time no import is needed
+    from handlers.base import HandlerContext
 
 PRIORITY_ORDER = ("normal", "high", "urgent")
 AGENTS_CHANNEL = "slack"
@@ -24,6 +26,14 @@ def raise_priority(current: str, wanted: str | None) -> str:
                if p in PRIORITY_ORDER else 0)
 
 
+def describe_customer(ctx: HandlerContext) -> str:
+    """Who the customer is, for the agents' side: company, id and country, or unverified."""
+    customer = ctx.customer
+    if customer is None:
+        return ctx.knowledge.agent_texts["unknown_customer"]
+    return f"{customer.company or customer.ref} ({customer.ref}, {customer.country or '?'})"
+
+
 def request_handoff(ctx: HandlerContext, reason: str, *, priority: str | None = None,
                     case: Case | None = None, **values: Any) -> Reply:
     conversation = ctx.conversation
@@ -31,13 +41,11 @@ def request_handoff(ctx: HandlerContext, reason: str, *, priority: str | None = 
         conversation.status = "handed_off"
     conversation.priority = raise_priority(conversation.priority, priority)
     agents = ctx.knowledge.agent_texts
-    customer = ctx.customer
-    who = (f"{customer.company or customer.ref} ({customer.ref}, {customer.country or '?'})"
-           if customer else agents["unknown_customer"])
     text = agents["handoff"].format(
         priority_mark=agents[f"priority_mark.{conversation.priority}"],
         reason=agents[f"reason.{reason}"].format(**values),
-        customer=who, language=ctx.lang, channel=conversation.channel, chat=conversation.chat,
+        customer=describe_customer(ctx), language=ctx.lang, channel=conversation.channel,
+        chat=conversation.chat,
         case_part=agents["case_part"].format(case=case.number) if case else "",
         last_message=ctx.message.text[:500],
     )

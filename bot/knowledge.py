@@ -134,9 +134,6 @@ class Templates:
         template = table.get(key) or self.by_language[self.default_language][key]
         return template.format_map(values)
 
-    def has(self, key: str) -> bool:
-        return key in self.by_language[self.default_language]
-
 
 def load_templates(directory: Path, languages: list[str], default_language: str) -> Templates:
     by_language: dict[str, dict[str, str]] = {}

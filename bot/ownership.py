@@ -32,7 +32,8 @@ async def agent_by_ref(session: AsyncSession, ref: str, now: datetime) -> Agent:
     return agent
 
 
-async def _owner_ref(session: AsyncSession, conversation_id: int) -> str | None:
+async def owner_ref(session: AsyncSession, conversation_id: int) -> str | None:
+    """The ref of the agent who owns the conversation, if anyone does."""
     return await session.scalar(
         select(Agent.ref).join(Conversation, Conversation.owner_id == Agent.id)
         .where(Conversation.id == conversation_id))
@@ -57,27 +58,28 @@ async def take(session: AsyncSession, conversation_id: int, agent_ref: str,
     if claimed.rowcount == 1:  # type: ignore[attr-defined]
         await _record(session, conversation_id, agent, "take", True, now)
         return OwnershipResult("take", True, agent_ref)
-    owner = await _owner_ref(session, conversation_id)
+    owner = await owner_ref(session, conversation_id)
     reason = f"owned by {owner}" if owner else "conversation is not open"
     await _record(session, conversation_id, agent, "take", False, now, reason)
     return OwnershipResult("take", False, owner, reason)
 
 
-async def _require_owner(session: AsyncSession, conversation: Conversation, agent: Agent,
-                         action: str, now: datetime) -> OwnershipResult | None:
+async def _as_owner(session: AsyncSession, conversation: Conversation, agent_ref: str,
+                   action: str, now: datetime) -> tuple[Agent, OwnershipResult | None]:
+    """The acting agent, and the refusal to give when they do not own the conversation."""
+    agent = await agent_by_ref(session, agent_ref, now)
     if conversation.owner_id == agent.id and conversation.status == "owned":
-        return None
-    owner = await _owner_ref(session, conversation.id)
+        return agent, None
+    owner = await owner_ref(session, conversation.id)
     reason = f"only the owner ({owner}) can {action}" if owner else "nobody owns it yet"
     await _record(session, conversation.id, agent, action, False, now, reason)
-    return OwnershipResult(action, False, owner, reason)
+    return agent, OwnershipResult(action, False, owner, reason)
 
 
 async def transfer(session: AsyncSession, conversation: Conversation, agent_ref: str,
                    to_ref: str, now: datetime) -> OwnershipResult:
     """Offer the conversation to another agent; the owner stays owner until they accept."""
-    agent = await agent_by_ref(session, agent_ref, now)
-    refused = await _require_owner(session, conversation, agent, "transfer", now)
+    agent, refused = await _as_owner(session, conversation, agent_ref, "transfer", now)
     if refused:
         return refused
     target = await agent_by_ref(session, to_ref, now)
@@ -90,7 +92,7 @@ async def accept(session: AsyncSession, conversation: Conversation, agent_ref: s
                  now: datetime) -> OwnershipResult:
     agent = await agent_by_ref(session, agent_ref, now)
     offered = (conversation.context or {}).get("transfer_to")
-    owner = await _owner_ref(session, conversation.id)
+    owner = await owner_ref(session, conversation.id)
     if offered != agent_ref or conversation.owner_id is None:
         reason = "no transfer was offered to this agent"
         await _record(session, conversation.id, agent, "accept", False, now, reason)
@@ -111,8 +113,7 @@ async def accept(session: AsyncSession, conversation: Conversation, agent_ref: s
 
 async def release(session: AsyncSession, conversation: Conversation, agent_ref: str,
                   now: datetime) -> OwnershipResult:
-    agent = await agent_by_ref(session, agent_ref, now)
-    refused = await _require_owner(session, conversation, agent, "release", now)
+    agent, refused = await _as_owner(session, conversation, agent_ref, "release", now)
     if refused:
         return refused
     conversation.owner_id, conversation.status, conversation.updated_at = None, "handed_off", now
@@ -122,8 +123,7 @@ async def release(session: AsyncSession, conversation: Conversation, agent_ref: 
 
 async def resolve(session: AsyncSession, conversation: Conversation, agent_ref: str,
                   now: datetime) -> OwnershipResult:
-    agent = await agent_by_ref(session, agent_ref, now)
-    refused = await _require_owner(session, conversation, agent, "resolve", now)
+    agent, refused = await _as_owner(session, conversation, agent_ref, "resolve", now)
     if refused:
         return refused
     conversation.status, conversation.resolved_at, conversation.updated_at = "resolved", now, now

@@ -14,6 +14,7 @@ from bot.dialogue import Dialogue
 from bot.knowledge import Knowledge
 from bot.outbox import OutboxDispatcher
 from bot.pipeline import Pipeline
+from bot.tone_guard import ToneGuard
 from handlers import build_handlers
 from intents.understanding import Understander, shared_understander
 
@@ -34,6 +35,7 @@ class Service:
     pipeline: Pipeline
     outbox: OutboxDispatcher
     calendars: dict[str, BusinessCalendar]
+    tone_guard: ToneGuard
 
     @classmethod
     async def start(cls, settings: Settings, *, clock: Clock | None = None,
@@ -57,7 +59,8 @@ class Service:
                             calendars["default"])
         pipeline = Pipeline(settings=settings, db=db, clock=clock, dialogue=dialogue,
                             on_outbox=outbox.wake)
-        return cls(settings, clock, db, knowledge, understander, pipeline, outbox, calendars)
+        return cls(settings, clock, db, knowledge, understander, pipeline, outbox, calendars,
+                   ToneGuard(knowledge.phrases))
 
     async def close(self) -> None:
         await self.db.dispose()

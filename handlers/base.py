@@ -72,8 +72,12 @@ class HandlerContext:
     def recall(self, key: str, default: Any = None) -> Any:
         return (self.conversation.context or {}).get(key, default)
 
-    def later(self, delta: timedelta) -> datetime:
-        return self.now + delta
+    def duration(self, amount: timedelta) -> str:
+        """A working-time target in words: "2 working hour(s)", "30 working minutes"."""
+        minutes = int(amount.total_seconds() // 60)
+        if minutes % 60 == 0:
+            return self.text("duration.hours", n=minutes // 60)
+        return self.text("duration.minutes", n=minutes)
 
 
 class Handler(Protocol):

@@ -7,7 +7,6 @@ from bot.handoff import request_handoff
 from bot.types import Reply
 from handlers.base import HandlerContext
 from handlers.cases import open_case
-from handlers.human_agent import _duration_words
 
 
 async def faq_answer(ctx: HandlerContext, topic: str) -> Reply | None:
@@ -37,8 +36,8 @@ class TechnicalSupportHandler:
         if answer is not None:
             return [answer, ctx.reply("tech.more_help", buttons=ctx.menu_buttons("human_agent"))]
         case = await open_case(ctx, "technical", category="technical_support")
-        seconds = ctx.settings.sla.technical_contact.total_seconds()
-        return [ctx.reply("tech.handoff", case=case.number, target=_duration_words(ctx, seconds)),
+        target = ctx.settings.sla.technical_contact
+        return [ctx.reply("tech.handoff", case=case.number, target=ctx.duration(target)),
                 # the agents' card is in the agents' language, not the customer's
                 request_handoff(ctx, "technical_support", case=case,
-                                target=f"{seconds / 3600:g} h")]
+                                target=f"{target.total_seconds() / 3600:g} h")]

@@ -39,7 +39,6 @@ DATA_KEYS = {"keywords", "examples"}
 FUZZY_WORD = 84  # rapidfuzz ratio at which an unknown word counts as a known one
 NEAREST_CACHE = 50_000
 COMMON_SHARE = 0.15  # words in more examples than this carry almost no information
-KEYWORD_SCORE = 0.9
 
 
 class IntentDataError(Exception):
