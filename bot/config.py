@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -188,6 +196,28 @@ class SlackSettings(Section):
     def enabled(self) -> bool:
         return self.bot_token is not None
 
+    @model_validator(mode="after")
+    def _credentials_for_mode(self) -> SlackSettings:
+        if self.bot_token is None:
+            return self
+        if self.mode == "http" and self.signing_secret is None:
+            raise ValueError("signing_secret is required with mode = \"http\" (Slack signs "
+                             "every request; unsigned ones are refused)")
+        if self.mode == "socket" and self.app_token is None:
+            raise ValueError("app_token (xapp-...) is required with mode = \"socket\"")
+        return self
+
+
+class AgentSettings(Section):
+    """One support agent, ``[agents.<ref>]``; the ref is what imports (account_manager)
+    and replay scenarios use. Agents who are not listed still work from Slack: they are
+    recorded under their Slack user id the first time they act."""
+
+    name: str | None = None
+    slack_user_id: str | None = None
+    email: str | None = None
+    supervisor: bool = False
+
 
 class WechatSettings(Section):
     token: SecretStr | None = None
@@ -278,6 +308,7 @@ class Settings(BaseSettings):
     after_hours: AfterHoursSettings = Field(default_factory=AfterHoursSettings)
     # More calendars (per region or team), each like [hours]: [calendars.europe] ...
     calendars: dict[str, HoursSettings] = Field(default_factory=dict)
+    agents: dict[str, AgentSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # handlers import this module; at run time no import is neede
 
 PRIORITY_ORDER = ("normal", "high", "urgent")
 AGENTS_CHANNEL = "slack"
+ACCOUNT_MANAGER_ROUTE = "account_manager"  # context["slack_route"]: the card goes to a DM
+CHANNEL_ROUTE = "channel"
 
 
 def raise_priority(current: str, wanted: str | None) -> str:
@@ -39,6 +41,15 @@ def request_handoff(ctx: HandlerContext, reason: str, *, priority: str | None = 
     conversation = ctx.conversation
     if conversation.status == "open":
         conversation.status = "handed_off"
+        conversation.handed_off_at = ctx.now
+    if ctx.customer is not None and ctx.customer.strategic:
+        priority = raise_priority("high", priority)  # the green channel: strategic first
+        if ctx.customer.account_manager and conversation.owner_id is None \
+                and not (conversation.context or {}).get("slack_route"):
+            # Their account manager sees the hand-off first, in a direct message; if it is
+            # not taken within the first-response target it moves to the agents' channel.
+            conversation.context = {**(conversation.context or {}),
+                                    "slack_route": ACCOUNT_MANAGER_ROUTE}
     conversation.priority = raise_priority(conversation.priority, priority)
     agents = ctx.knowledge.agent_texts
     text = agents["handoff"].format(

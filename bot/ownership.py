@@ -4,12 +4,14 @@ one succeeds; every change, and every refused attempt, is an ownership event."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.config import AgentSettings
 from bot.db.models import Agent, Conversation, OwnershipEvent
 
 CLAIMABLE = ("open", "handed_off")
@@ -30,6 +32,46 @@ async def agent_by_ref(session: AsyncSession, ref: str, now: datetime) -> Agent:
         session.add(agent)
         await session.flush()
     return agent
+
+
+async def sync_agents(session: AsyncSession, configured: Mapping[str, AgentSettings],
+                      now: datetime) -> None:
+    """Make the agents table match ``[agents.*]``: names, Slack ids, supervisor flags.
+    Agents who are no longer configured keep their rows (history refers to them)."""
+    for ref, config in configured.items():
+        agent = (await session.execute(select(Agent).where(Agent.ref == ref))).scalar_one_or_none()
+        if agent is None:
+            agent = Agent(ref=ref, created_at=now)
+            session.add(agent)
+        if config.slack_user_id and agent.slack_user_id != config.slack_user_id:
+            # The Slack user may have acted before being configured, under their user id;
+            # that row keeps its history but gives up the Slack id.
+            await session.execute(update(Agent).where(
+                Agent.slack_user_id == config.slack_user_id, Agent.ref != ref)
+                .values(slack_user_id=None))
+        agent.name = config.name or ref
+        agent.slack_user_id = config.slack_user_id
+        agent.email = config.email
+        agent.is_supervisor = config.supervisor
+        await session.flush()
+
+
+async def agent_for_slack_user(session: AsyncSession, user_id: str, now: datetime,
+                               name: str | None = None) -> Agent:
+    """The agent behind a Slack user: the configured one, else one recorded under the
+    Slack user id (so unlisted colleagues can still help)."""
+    agent = (await session.execute(
+        select(Agent).where(Agent.slack_user_id == user_id))).scalar_one_or_none()
+    if agent is None:
+        agent = await agent_by_ref(session, user_id, now)
+        agent.slack_user_id = user_id
+        agent.name = name or agent.name
+        await session.flush()
+    return agent
+
+
+def display_name(agent: Agent) -> str:
+    return agent.name or agent.ref
 
 
 async def owner_ref(session: AsyncSession, conversation_id: int) -> str | None:
@@ -117,6 +159,7 @@ async def release(session: AsyncSession, conversation: Conversation, agent_ref: 
     if refused:
         return refused
     conversation.owner_id, conversation.status, conversation.updated_at = None, "handed_off", now
+    conversation.handed_off_at = now  # back in the queue: the unclaimed clock starts again
     await _record(session, conversation.id, agent, "release", True, now)
     return OwnershipResult("release", True, None)
 

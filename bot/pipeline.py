@@ -220,7 +220,7 @@ class Pipeline:
                 message_id=message.id, chat=conversation.chat,
                 channel=conversation.channel if reply.to == "customer" else AGENTS_CHANNEL,
                 payload={**reply_payload(reply), "customer_channel": conversation.channel,
-                         "owner": owner},
+                         "owner": owner, "conversation_id": conversation.id},
                 next_attempt_at=now, created_at=now,
             )
             session.add(item)

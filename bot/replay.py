@@ -210,7 +210,11 @@ class Replayer:
             await apply_order_event(session, record, self.clock.now(), source="replay")
 
     async def _tick(self, event: Event) -> None:
-        """Due jobs run here; until scheduled jobs exist, a tick delivers due retries only."""
+        """Run the jobs due now; what they queue is delivered after this event, like any
+        event's output."""
+        from bot.green_channel import escalate_unclaimed
+
+        await escalate_unclaimed(self.service)
 
 
 def replay_channels(events: list[Event], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:

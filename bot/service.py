@@ -13,6 +13,7 @@ from bot.db.database import Database, DatabaseUnavailable
 from bot.dialogue import Dialogue
 from bot.knowledge import Knowledge
 from bot.outbox import OutboxDispatcher
+from bot.ownership import sync_agents
 from bot.pipeline import Pipeline
 from bot.tone_guard import ToneGuard
 from handlers import build_handlers
@@ -52,9 +53,15 @@ class Service:
         db = await open_database(settings, migrate=migrate, database_url=database_url)
         understander = shared_understander(tuple(settings.languages.supported),
                                            settings.languages.detector)
-        outbox = OutboxDispatcher(db, clock, channels if channels is not None
-                                  else build_channels(settings), settings.outbox)
         calendars = build_calendars(settings.hours, settings.calendars)
+        if channels is None:
+            channels = build_channels(settings, db=db, clock=clock,
+                                      agent_texts=knowledge.agent_texts,
+                                      calendar=calendars["default"])
+        outbox = OutboxDispatcher(db, clock, channels, settings.outbox)
+        if settings.agents:
+            async with db.sessions.begin() as session:
+                await sync_agents(session, settings.agents, clock.now())
         dialogue = Dialogue(settings, knowledge, understander, build_handlers(),
                             calendars["default"])
         pipeline = Pipeline(settings=settings, db=db, clock=clock, dialogue=dialogue,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.business_hours import BusinessCalendar
 from bot.channels.base import (
     Channel,
     Delivery,
@@ -10,7 +11,9 @@ from bot.channels.base import (
     numbered_buttons,
 )
 from bot.channels.webchat import WebChatChannel
+from bot.clock import Clock
 from bot.config import Settings
+from bot.db.database import Database
 
 __all__ = [
     "Channel", "Delivery", "PermanentDeliveryError", "TemporaryDeliveryError",
@@ -18,7 +21,12 @@ __all__ = [
 ]
 
 
-def build_channels(settings: Settings) -> dict[str, Channel]:
+def build_channels(settings: Settings, *, db: Database, clock: Clock,
+                   agent_texts: dict[str, str], calendar: BusinessCalendar) -> dict[str, Channel]:
     """The channels a deployment delivers to: the web chat always, others when configured."""
     channels: dict[str, Channel] = {WebChatChannel.name: WebChatChannel()}
+    if settings.slack.enabled:
+        from bot.channels.slack import SlackChannel  # the SDK loads only when Slack is used
+
+        channels[SlackChannel.name] = SlackChannel(settings, db, clock, agent_texts, calendar)
     return channels

@@ -24,6 +24,8 @@ class Delivery:
     buttons: list[dict[str, str]] = field(default_factory=list)
     attachments: list[dict[str, str]] = field(default_factory=list)
     owner: str | None = None  # for the agents' side: who owns the conversation
+    conversation_id: int | None = None
+    template: str | None = None  # which knowledge text this is (e.g. escalation.green_channel)
 
     @classmethod
     def from_payload(cls, outbox_id: int, chat: str, payload: dict[str, Any]) -> Delivery:
@@ -31,7 +33,8 @@ class Delivery:
                    to=payload.get("to", "customer"), lang=payload.get("lang"),
                    intent=payload.get("intent"), buttons=list(payload.get("buttons") or []),
                    attachments=list(payload.get("attachments") or []),
-                   owner=payload.get("owner"))
+                   owner=payload.get("owner"), conversation_id=payload.get("conversation_id"),
+                   template=payload.get("template"))
 
 
 class TemporaryDeliveryError(Exception):

@@ -146,6 +146,7 @@ class Conversation(Base):
     slack_thread_ts: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    handed_off_at: Mapped[datetime | None]
     last_inbound_at: Mapped[datetime | None]
     last_outbound_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
@@ -322,3 +323,29 @@ class SlaClock(Base):
     breached_at: Mapped[datetime | None]
     stopped_at: Mapped[datetime | None]
     working_minutes: Mapped[int | None]
+
+
+class SlackThread(Base):
+    """A Slack thread that belongs to a conversation: the card in the agents' channel, and
+    for strategic customers first the card in their account manager's direct messages.
+    Replies in any of them reach the conversation; the newest is where relays go."""
+
+    __tablename__ = "slack_threads"
+    __table_args__ = (UniqueConstraint("slack_channel", "thread_ts"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    slack_channel: Mapped[str] = mapped_column(String(64))
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+
+
+class ProcessedEvent(Base):
+    """Platform deliveries already acted on (e.g. ``slack:<event_id>``), recorded in the
+    same transaction as the action, so a retry (X-Slack-Retry-Num) or a second process
+    receiving the same delivery does nothing twice."""
+
+    __tablename__ = "processed_events"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)

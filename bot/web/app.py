@@ -1,4 +1,4 @@
-"""The one ASGI app of ``supportbot serve``: web chat, health, and (later) webhooks."""
+"""The one ASGI app of ``supportbot serve``: web chat, Slack, health."""
 
 from __future__ import annotations
 
@@ -26,21 +26,35 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = None
+        tasks = []
+        socket_mode = None
         if background:
             await service.pipeline.recover()
-            task = asyncio.create_task(service.outbox.run(stop), name="outbox")
+            tasks.append(asyncio.create_task(service.outbox.run(stop), name="outbox"))
+            tasks.append(asyncio.create_task(periodic_jobs(service, stop), name="jobs"))
+            if bolt_app is not None and service.settings.slack.mode == "socket":
+                socket_mode = await start_socket_mode(bolt_app, service)
         try:
             yield
         finally:
             stop.set()
             service.outbox.wake()
-            if task is not None:
+            if socket_mode is not None:
+                await socket_mode.close_async()
+            for task in tasks:
                 await task
 
+    bolt_app = None
+    if service.settings.slack.enabled:
+        from bot.channels.slack_app import build_bolt_app, start_socket_mode
+        from bot.channels.slack_app import build_router as slack_router
+
+        bolt_app, _ = build_bolt_app(service)
     app = FastAPI(title="supportbot", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.include_router(build_router(service))
+    if bolt_app is not None and service.settings.slack.mode == "http":
+        app.include_router(slack_router(bolt_app))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -56,3 +70,20 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
         return JSONResponse({"status": "ok", "database": "ok"})
 
     return app
+
+
+JOB_INTERVAL_SECONDS = 60.0
+
+
+async def periodic_jobs(service: Service, stop: asyncio.Event) -> None:
+    """Jobs that run every minute: for now the green channel's escalation of strategic
+    hand-offs an account manager has not taken in time."""
+    from bot.green_channel import escalate_unclaimed
+
+    while not stop.is_set():
+        try:
+            await escalate_unclaimed(service)
+        except Exception:  # a failed run is retried next minute; the server keeps going
+            log.exception("periodic job failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=JOB_INTERVAL_SECONDS)
