@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.business_hours import BusinessCalendar
 from bot.config import SlaSettings
-from bot.db.models import Agent, Case, Conversation, Customer, Message, Order, SlackThread
+from bot.db.models import Agent, Case, Contact, Conversation, Customer, Message, Order, SlackThread
 from bot.handoff import ACCOUNT_MANAGER_ROUTE
 
 SUMMARY_MESSAGES = 6
@@ -132,6 +132,18 @@ async def card_view(session: AsyncSession, conversation_id: int, sla: SlaSetting
         summary=[(r.sender, r.text[:SUMMARY_CHARS], r.intent) for r in reversed(recent)],
         orders=orders, cases=cases,
     )
+
+
+async def customer_label(session: AsyncSession, conversation_id: int) -> str:
+    """Who speaks in relayed messages: the person's name, else the company, else the chat."""
+    row = (await session.execute(
+        select(Contact.display_name, Customer.contact_name, Customer.company, Conversation.chat)
+        .join(Contact, Contact.id == Conversation.contact_id)
+        .outerjoin(Customer, Customer.id == Conversation.customer_id)
+        .where(Conversation.id == conversation_id))).first()
+    if row is None:
+        return "?"
+    return str(row.display_name or row.contact_name or row.company or row.chat)
 
 
 async def _entries(session: AsyncSession, *conditions: ColumnElement[bool]) -> list[QueueEntry]:

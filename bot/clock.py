@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -35,6 +35,9 @@ class ManualClock:
             raise ValueError(f"time cannot go backwards: {instant.isoformat()} < "
                              f"{self._now.isoformat()}")
         self._now = instant
+
+    def advance(self, by: timedelta) -> None:
+        self.set(self._now + by)
 
 
 def ensure_aware(instant: datetime) -> datetime:

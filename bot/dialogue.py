@@ -125,6 +125,8 @@ class Dialogue:
         """
         supported = self.settings.languages.supported
         guess = understanding.lang if understanding.lang in supported else None
+        if understanding.text.lstrip().startswith("/"):
+            guess = None  # "/human" is a command word, not a sign the customer writes English
         if not conversation.language_locked:
             if guess and understanding.lang_strong:
                 conversation.language = guess

@@ -87,6 +87,7 @@ class SlackChannel:
         async with self.db.sessions() as session:
             threads = await agent_desk.threads_of(session, conversation_id)
             conversation = await session.get(Conversation, conversation_id)
+            speaker = await agent_desk.customer_label(session, conversation_id)
         if conversation is None:
             raise PermanentDeliveryError(f"slack: conversation {conversation_id} not found")
         if not threads:
@@ -103,16 +104,16 @@ class SlackChannel:
         else:
             channel, ts = threads[-1].slack_channel, threads[-1].thread_ts
         response = await self.client.chat_postMessage(
-            channel=channel, thread_ts=ts, text=self.thread_text(delivery),
+            channel=channel, thread_ts=ts, text=self.thread_text(delivery, speaker),
             # Escalations must be seen: shown in the channel as well as in the thread.
             reply_broadcast=delivery.kind == "escalation")
         if delivery.kind == "handoff":
             await self.refresh_cards(conversation_id)
         return str(response.get("ts") or "") or None
 
-    def thread_text(self, delivery: Delivery) -> str:
+    def thread_text(self, delivery: Delivery, speaker: str) -> str:
         if delivery.kind == "relay":
-            return self.texts["thread.customer"].format(customer=escape(delivery.chat),
+            return self.texts["thread.customer"].format(customer=escape(speaker),
                                                         text=escape(delivery.text))
         return escape(delivery.text)
 

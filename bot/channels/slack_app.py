@@ -51,32 +51,32 @@ class SlackDesk:
         self.client = channel.client
         self.texts = channel.texts
 
-    async def agent_ref(self, user_id: str, name: str | None = None) -> str:
+    async def agent_ref(self, user_id: str) -> str:
         """The agent behind a Slack user; an unlisted user is recorded with their Slack
         name, so customers are told a name rather than an id."""
         async with self.service.db.sessions() as session:
             known = await session.scalar(select(Agent.ref).where(Agent.slack_user_id == user_id))
         if known is not None:
             return known
-        if name is None:
-            try:
-                info = await self.client.users_info(user=user_id)
-                profile = info["user"].get("profile", {})
-                name = (profile.get("display_name") or profile.get("real_name")
-                        or info["user"].get("real_name") or info["user"].get("name"))
-            except (SlackClientError, KeyError, TypeError) as exc:
-                log.info("users.info for %s failed (%s); recording the user id", user_id, exc)
+        name = None
+        try:
+            info = await self.client.users_info(user=user_id)
+            profile = info["user"].get("profile", {})
+            name = (profile.get("display_name") or profile.get("real_name")
+                    or info["user"].get("real_name") or info["user"].get("name"))
+        except (SlackClientError, KeyError, TypeError) as exc:
+            log.info("users.info for %s failed (%s); recording the user id", user_id, exc)
         async with self.service.db.sessions.begin() as session:
             agent = await ownership.agent_for_slack_user(session, user_id,
                                                          self.service.clock.now(), name)
             return agent.ref
 
     async def act(self, user_id: str, action: str, conversation_id: int, *,
-                  name: str | None = None, text: str | None = None, to_user: str | None = None,
+                  text: str | None = None, to_user: str | None = None,
                   once_key: str | None = None, where: str | None = None,
                   thread_ts: str | None = None) -> ActionOutcome:
         """Perform and tell the agent, privately, if it was refused or held back."""
-        agent = await self.agent_ref(user_id, name)
+        agent = await self.agent_ref(user_id)
         target = await self.agent_ref(to_user) if to_user else None
         outcome = await perform(self.service, "", agent, action, text=text, to=target,
                                 conversation_id=conversation_id, once_key=once_key)
@@ -131,7 +131,7 @@ class SlackDesk:
             log.warning("card button without a conversation id: %r", action.get("value"))
             return
         await self.act(user["id"], action["action_id"], conversation_id,
-                       name=user.get("name"), where=(body.get("channel") or {}).get("id"),
+                       where=(body.get("channel") or {}).get("id"),
                        thread_ts=(body.get("container") or {}).get("message_ts"))
 
     async def on_transfer(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -141,7 +141,7 @@ class SlackDesk:
         if not block_id.startswith("card-") or not block_id[5:].isdigit() \
                 or not action.get("selected_user"):
             return
-        await self.act(user["id"], "transfer", int(block_id[5:]), name=user.get("name"),
+        await self.act(user["id"], "transfer", int(block_id[5:]),
                        to_user=action["selected_user"],
                        where=(body.get("channel") or {}).get("id"),
                        thread_ts=(body.get("container") or {}).get("message_ts"))
@@ -177,28 +177,26 @@ class SlackDesk:
         sub = words[0].lower() if words else ""
         user_id = str(command.get("user_id"))
         if sub in ("queue", "mine", "stats") and len(words) == 1:
-            text = await self.listing(sub, user_id, command.get("user_name"))
+            text = await self.listing(sub, user_id)
         elif sub in ("take", "resolve") and len(words) == 2:
-            text = await self.command_action(sub, words[1], user_id, command.get("user_name"),
-                                             command.get("channel_id"))
+            text = await self.command_action(sub, words[1], user_id)
         else:
             text = self.texts["command.usage"]
         await ack(text=text)
 
-    async def command_action(self, action: str, reference: str, user_id: str,
-                             name: str | None, channel: str | None) -> str:
+    async def command_action(self, action: str, reference: str, user_id: str) -> str:
         async with self.service.db.sessions() as session:
             conversation = await agent_desk.find_by_reference(session, reference)
         if conversation is None:
             return self.texts["command.not_found"].format(reference=reference)
-        outcome = await self.act(user_id, action, conversation.id, name=name)
+        outcome = await self.act(user_id, action, conversation.id)
         result = outcome.result
         if result["ok"]:
             return self.texts["done.action"].format(action=action, number=conversation.id)
         return await self.refusal(action, result, conversation.id)
 
-    async def listing(self, what: str, user_id: str, name: str | None) -> str:
-        agent_ref = await self.agent_ref(user_id, name)
+    async def listing(self, what: str, user_id: str) -> str:
+        agent_ref = await self.agent_ref(user_id)
         now = self.service.clock.now()
         calendar = self.channel.calendar
         async with self.service.db.sessions() as session:
