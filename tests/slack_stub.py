@@ -7,6 +7,7 @@ with Retry-After, or an API error such as ``channel_not_found``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -14,10 +15,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from slack_sdk.signature import SignatureVerifier
 
 BOT_TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-1-test-app-token"
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 BOT_USER = "UBOT"
 TEAM = "T0001"
@@ -39,10 +41,15 @@ class SlackStub:
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+        # Socket Mode: envelopes to push to the connected app, and the acks it sends back.
+        self.envelopes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.acks: list[dict[str, Any]] = []
+        self.socket_connected = asyncio.Event()
 
     async def start(self) -> str:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle)
+        app.router.add_get("/link", self._socket)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -67,6 +74,12 @@ class SlackStub:
 
     async def _handle(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        if method == "apps.connections.open":  # called with the app-level token
+            if request.headers.get("Authorization") != f"Bearer {APP_TOKEN}":
+                return web.json_response({"ok": False, "error": "invalid_auth"})
+            self.calls.append((method, {}))
+            return web.json_response({"ok": True, "url": self.base_url.replace(
+                "http://", "ws://").replace("/api/", "/link")})
         if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
             return web.json_response({"ok": False, "error": "invalid_auth"})
         args: dict[str, Any] = dict(request.query)
@@ -82,6 +95,26 @@ class SlackStub:
             failure = self.failures[method].pop(0)
             return web.json_response(failure.body, status=failure.status, headers=failure.headers)
         return web.json_response(self._answer(method, args))
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse(autoping=True)
+        await socket.prepare(request)
+        await socket.send_json({"type": "hello", "num_connections": 1,
+                                "connection_info": {"app_id": "A0001"}})
+        self.socket_connected.set()
+
+        async def push() -> None:
+            while True:
+                await socket.send_json(await self.envelopes.get())
+
+        pusher = asyncio.ensure_future(push())
+        try:
+            async for message in socket:
+                if message.type == WSMsgType.TEXT:
+                    self.acks.append(json.loads(message.data))
+        finally:
+            pusher.cancel()
+        return socket
 
     def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
@@ -130,8 +163,9 @@ def thread_message(user: str, text: str, channel: str, thread_ts: str, ts: str,
             "thread_ts": thread_ts, "ts": ts, "channel_type": "channel", **extra}
 
 
-def interaction_body(user: str, action: dict[str, Any], channel: str, message_ts: str) -> str:
-    payload = {
+def interaction_payload(user: str, action: dict[str, Any], channel: str,
+                        message_ts: str) -> dict[str, Any]:
+    return {
         "type": "block_actions", "team": {"id": TEAM}, "api_app_id": "A0001",
         "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
         "channel": {"id": channel}, "container": {"type": "message", "message_ts": message_ts,
@@ -140,6 +174,10 @@ def interaction_body(user: str, action: dict[str, Any], channel: str, message_ts
         "actions": [{"action_ts": str(time.time()), "block_id": action.pop("block_id", "b"),
                      **action}],
     }
+
+
+def interaction_body(user: str, action: dict[str, Any], channel: str, message_ts: str) -> str:
+    payload = interaction_payload(user, action, channel, message_ts)
     return urllib.parse.urlencode({"payload": json.dumps(payload)})
 
 

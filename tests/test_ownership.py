@@ -156,3 +156,26 @@ def test_the_tone_guard_tolerates_variants_and_spares_innocent_words() -> None:
                  "Vielen Dank, ich prüfe das sofort.", "您好，我来帮您查一下",
                  "The B/L will be released today."):
         assert guard.check(fine) is None, fine
+
+
+def test_green_channel_escalates_an_untaken_strategic_handoff_once_in_replay(tmp_path: Path) -> None:
+    """Strategic customer: the hand-off goes to the account manager first (priority high);
+    untaken after the first-response target, a tick escalates it to the channel, once."""
+    setup = {"setup": {"customers": [{
+        "id": "C-9", "company": "Nordic Floors GmbH", "language": "de", "strategic": True,
+        "account_manager": "agent-7", "contacts": [{"channel": "telegram", "chat": "tg-1"}]}]}}
+    events = [setup, customer(0, "Ich möchte mit einem Mitarbeiter sprechen"),
+              {"at": "2026-12-07T11:59:00+08:00", "tick": True},
+              {"at": "2026-12-07T12:01:00+08:00", "tick": True},
+              {"at": "2026-12-07T12:30:00+08:00", "tick": True}]
+    path = tmp_path / "green.jsonl"
+    path.write_text("\n".join(json.dumps(e, ensure_ascii=False) for e in events), encoding="utf-8")
+    result = CliRunner().invoke(main, ["replay", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    handoff = next(line for line in lines if line.get("kind") == "handoff")
+    assert handoff["text"].startswith("🟠")  # priority high
+    escalations = [line for line in lines if line.get("kind") == "escalation"]
+    assert len(escalations) == 1
+    assert escalations[0]["at"].startswith("2026-12-07T12:01")
+    assert "agent-7" in escalations[0]["text"] and escalations[0]["to"] == "agents"

@@ -33,12 +33,14 @@ from bot.types import InboundMessage
 from bot.web.app import create_app
 from tests.conftest import RecordingChannel
 from tests.slack_stub import (
+    APP_TOKEN,
     BOT_TOKEN,
     SIGNING_SECRET,
     SlackStub,
     command_body,
     event_body,
     interaction_body,
+    interaction_payload,
     signed_headers,
     thread_message,
 )
@@ -486,3 +488,59 @@ async def test_fifty_simultaneous_take_clicks_give_one_owner(postgres_url: str,
     finally:
         await service.close()
         await stub.stop()
+
+
+async def test_socket_mode_receives_events_without_a_public_url(database_url: str,
+                                                                clock: ManualClock) -> None:
+    """mode = "socket": the app connects out (apps.connections.open, then a WebSocket),
+    acknowledges each envelope, and handles it like an HTTP event."""
+    stub = SlackStub()
+    base_url = await stub.start()
+    settings = load_settings(
+        None, database={"url": database_url}, after_hours={"enabled": False},
+        slack={"bot_token": BOT_TOKEN, "app_token": APP_TOKEN, "mode": "socket",
+               "api_base_url": base_url},
+        agents={"alice": {"name": "Alice Wang", "slack_user_id": ALICE}})
+    service = await Service.start(settings, clock=clock, migrate=True)
+    customers = RecordingChannel("telegram")
+    service.outbox.channels["telegram"] = customers
+    try:
+        await service.pipeline.handle(InboundMessage(channel="telegram", chat="tg-socket",
+                                                     text="/human", external_id="s-1"))
+        await service.outbox.dispatch_due()
+        app = create_app(service)
+        async with app.router.lifespan_context(app):
+            await asyncio.wait_for(stub.socket_connected.wait(), 10)
+            async with service.db.sessions() as session:
+                conversation = (await session.execute(select(Conversation))).scalar_one()
+            payload = interaction_payload(ALICE, take_button(conversation.id), "CSUPPORT", "1.0")
+            await stub.envelopes.put({"type": "interactive", "envelope_id": "env-1",
+                                      "accepts_response_payload": True, "payload": payload})
+            for _ in range(200):  # envelopes are handled concurrently: take first, then reply
+                if await owner_of_service(service, conversation.id):
+                    break
+                await asyncio.sleep(0.05)
+            event = json.loads(event_body(thread_message(
+                ALICE, "Guten Tag, ich kümmere mich darum.", str(conversation.slack_channel),
+                str(conversation.slack_thread_ts), "7.1"), "EvSocket"))
+            await stub.envelopes.put({"type": "events_api", "envelope_id": "env-2",
+                                      "accepts_response_payload": False, "payload": event,
+                                      "retry_attempt": 0, "retry_reason": ""})
+            for _ in range(200):
+                if any(d.text == "Guten Tag, ich kümmere mich darum." for d in customers.sent):
+                    break
+                await asyncio.sleep(0.05)
+        assert {a["envelope_id"] for a in stub.acks} >= {"env-1", "env-2"}
+        assert await owner_of_service(service, conversation.id) == "alice"
+        assert [d.text for d in customers.sent][-1] == "Guten Tag, ich kümmere mich darum."
+        assert stub.calls_to("apps.connections.open")
+    finally:
+        await service.close()
+        await stub.stop()
+
+
+async def owner_of_service(service: Service, conversation_id: int) -> str | None:
+    from bot.ownership import owner_ref
+
+    async with service.db.sessions() as session:
+        return await owner_ref(session, conversation_id)
