@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from bot import ownership
+from bot.agent_desk import current_conversation
 from bot.db.models import Conversation, Message, ProcessedEvent
 from bot.service import Service
 from bot.types import Reply
@@ -32,14 +33,6 @@ class ActionOutcome:
     def result(self) -> dict[str, Any]:
         """The ownership line: whether the action was done, and who owns the conversation."""
         return next(e for e in reversed(self.events) if e.get("event") == "owner")
-
-
-async def find_conversation(session: Any, chat: str) -> Conversation | None:
-    """The chat's current conversation: the newest one, open ones first."""
-    return (await session.execute(
-        select(Conversation).where(Conversation.chat == chat)
-        .order_by(Conversation.status == "resolved", Conversation.id.desc()).limit(1)
-    )).scalar_one_or_none()
 
 
 async def perform(service: Service, chat: str, agent_ref: str, action: str,
@@ -77,9 +70,18 @@ async def _perform(service: Service, session: Any, outcome: ActionOutcome, chat:
                    agent_ref: str, action: str, text: str | None, to: str | None,
                    conversation_id: int | None) -> None:
     now = service.clock.now()
-    conversation = (await session.get(Conversation, conversation_id)
-                    if conversation_id is not None else
-                    await find_conversation(session, chat))
+    if conversation_id is None:
+        found = await current_conversation(session, chat)
+        conversation_id = found.id if found else None
+    conversation = None
+    if conversation_id is not None:
+        # One action at a time per conversation (PostgreSQL row lock): an owner's check and
+        # the change it guards see the same row. SQLite runs one writer at a time anyway.
+        query = select(Conversation).where(Conversation.id == conversation_id) \
+            .execution_options(populate_existing=True)
+        if service.db.is_postgres:
+            query = query.with_for_update()
+        conversation = (await session.execute(query)).scalar_one_or_none()
     if conversation is None:
         outcome.events.append({"event": "owner", "chat": chat, "agent": agent_ref,
                                "action": action, "ok": False,

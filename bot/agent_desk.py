@@ -9,7 +9,7 @@ platform module thin and lets the same views serve other front ends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Select, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +22,6 @@ from bot.handoff import ACCOUNT_MANAGER_ROUTE
 SUMMARY_MESSAGES = 6
 SUMMARY_CHARS = 200
 LISTED_ORDERS = 5
-OPEN_STATUSES = ("open", "handed_off", "owned")
 
 
 @dataclass(frozen=True)
@@ -69,13 +68,17 @@ class QueueEntry:
     owner: str | None
 
 
+def first_response_target(priority: str, sla: SlaSettings) -> timedelta:
+    return sla.first_response_urgent if priority == "urgent" else sla.first_response
+
+
 def first_response_deadline(conversation: Conversation, customer: Customer | None,
                             sla: SlaSettings, calendar: BusinessCalendar) -> datetime | None:
     """When the first human answer is due: in working time, except for strategic
     customers, whose green channel is covered around the clock."""
     if conversation.handed_off_at is None:
         return None
-    target = sla.first_response_urgent if conversation.priority == "urgent" else sla.first_response
+    target = first_response_target(conversation.priority, sla)
     if customer is not None and customer.strategic:
         return conversation.handed_off_at + target
     return calendar.add_working(conversation.handed_off_at, target)
@@ -207,8 +210,13 @@ async def find_by_reference(session: AsyncSession, reference: str) -> Conversati
         conversation_id = int(reference.lstrip("#"))
     if conversation_id is not None:
         return await session.get(Conversation, conversation_id)
+    return await current_conversation(session, reference)
+
+
+async def current_conversation(session: AsyncSession, chat: str) -> Conversation | None:
+    """The chat's current conversation: the newest one, open ones first."""
     return (await session.execute(
-        select(Conversation).where(Conversation.chat == reference)
+        select(Conversation).where(Conversation.chat == chat)
         .order_by(Conversation.status == "resolved", Conversation.id.desc()).limit(1)
     )).scalar_one_or_none()
 
@@ -233,6 +241,12 @@ async def remember_thread(session: AsyncSession, conversation_id: int, slack_cha
     conversation = await session.get(Conversation, conversation_id)
     if conversation is not None:
         conversation.slack_channel, conversation.slack_thread_ts = slack_channel, thread_ts
+
+
+async def set_route(session: AsyncSession, conversation_id: int, route: str) -> None:
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is not None:
+        conversation.context = {**(conversation.context or {}), "slack_route": route}
 
 
 async def unclaimed_green_channel(session: AsyncSession, now: datetime, sla: SlaSettings,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.agent_desk import unclaimed_green_channel
+from bot.agent_desk import first_response_target, unclaimed_green_channel
 from bot.db.models import Conversation, Customer
-from bot.handoff import ACCOUNT_MANAGER_ROUTE, CHANNEL_ROUTE
+from bot.handoff import ACCOUNT_MANAGER_ROUTE, CHANNEL_ROUTE, describe_customer_record
 from bot.service import Service
 from bot.types import Reply
 
@@ -25,7 +25,8 @@ async def escalate_unclaimed(service: Service) -> int:
         due = await unclaimed_green_channel(session, now, service.settings.sla,
                                             service.calendars["default"])
         for conversation_id in due:
-            query = select(Conversation).where(Conversation.id == conversation_id)
+            query = select(Conversation).where(Conversation.id == conversation_id) \
+                .execution_options(populate_existing=True)
             if service.db.is_postgres:  # re-read under a lock: another process may act too
                 query = query.with_for_update()
             conversation = (await session.execute(query)).scalar_one()
@@ -35,10 +36,9 @@ async def escalate_unclaimed(service: Service) -> int:
                 continue
             customer = await session.get(Customer, conversation.customer_id)
             conversation.context = {**context, "slack_route": CHANNEL_ROUTE}
-            target = (service.settings.sla.first_response_urgent
-                      if conversation.priority == "urgent" else service.settings.sla.first_response)
+            target = first_response_target(conversation.priority, service.settings.sla)
             text = texts["escalation.green_channel"].format(
-                customer=f"{customer.company or customer.ref} ({customer.ref})" if customer else "?",
+                customer=describe_customer_record(customer, texts),
                 manager=customer.account_manager if customer else "?",
                 minutes=int(target.total_seconds() // 60))
             await service.pipeline.queue_replies(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bot.db.models import Case
+from bot.db.models import Case, Customer
 from bot.types import Reply
 
 if TYPE_CHECKING:  # handlers import this module; at run time no import is needed
@@ -29,10 +29,13 @@ def raise_priority(current: str, wanted: str | None) -> str:
 
 
 def describe_customer(ctx: HandlerContext) -> str:
+    return describe_customer_record(ctx.customer, ctx.knowledge.agent_texts)
+
+
+def describe_customer_record(customer: Customer | None, agent_texts: dict[str, str]) -> str:
     """Who the customer is, for the agents' side: company, id and country, or unverified."""
-    customer = ctx.customer
     if customer is None:
-        return ctx.knowledge.agent_texts["unknown_customer"]
+        return agent_texts["unknown_customer"]
     return f"{customer.company or customer.ref} ({customer.ref}, {customer.country or '?'})"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -107,10 +108,17 @@ async def take(session: AsyncSession, conversation_id: int, agent_ref: str,
 
 
 async def _as_owner(session: AsyncSession, conversation: Conversation, agent_ref: str,
-                   action: str, now: datetime) -> tuple[Agent, OwnershipResult | None]:
-    """The acting agent, and the refusal to give when they do not own the conversation."""
+                    action: str, now: datetime, **values: Any) -> tuple[Agent, OwnershipResult | None]:
+    """Apply ``values`` if, and only if, the acting agent owns the conversation at this
+    moment: a conditional update, so two agents acting at once cannot both succeed.
+    Returns the agent and, when they do not own it, the refusal (recorded)."""
     agent = await agent_by_ref(session, agent_ref, now)
-    if conversation.owner_id == agent.id and conversation.status == "owned":
+    changed = await session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation.id, Conversation.owner_id == agent.id,
+               Conversation.status == "owned")
+        .values(updated_at=now, **values))
+    if changed.rowcount == 1:  # type: ignore[attr-defined]
         return agent, None
     owner = await owner_ref(session, conversation.id)
     reason = f"only the owner ({owner}) can {action}" if owner else "nobody owns it yet"
@@ -118,14 +126,21 @@ async def _as_owner(session: AsyncSession, conversation: Conversation, agent_ref
     return agent, OwnershipResult(action, False, owner, reason)
 
 
+def _without_offer(conversation: Conversation) -> dict[str, Any]:
+    """The context minus a pending transfer offer, which no longer holds once the
+    conversation is released, resolved or moved."""
+    return {k: v for k, v in (conversation.context or {}).items() if k != "transfer_to"}
+
+
 async def transfer(session: AsyncSession, conversation: Conversation, agent_ref: str,
                    to_ref: str, now: datetime) -> OwnershipResult:
     """Offer the conversation to another agent; the owner stays owner until they accept."""
-    agent, refused = await _as_owner(session, conversation, agent_ref, "transfer", now)
+    context = {**(conversation.context or {}), "transfer_to": to_ref}
+    agent, refused = await _as_owner(session, conversation, agent_ref, "transfer", now,
+                                     context=context)
     if refused:
         return refused
     target = await agent_by_ref(session, to_ref, now)
-    conversation.context = {**(conversation.context or {}), "transfer_to": to_ref}
     await _record(session, conversation.id, agent, "transfer", True, now, target=target)
     return OwnershipResult("transfer", True, agent_ref)
 
@@ -135,40 +150,40 @@ async def accept(session: AsyncSession, conversation: Conversation, agent_ref: s
     agent = await agent_by_ref(session, agent_ref, now)
     offered = (conversation.context or {}).get("transfer_to")
     owner = await owner_ref(session, conversation.id)
-    if offered != agent_ref or conversation.owner_id is None:
+    if offered != agent_ref or conversation.owner_id is None or conversation.status != "owned":
         reason = "no transfer was offered to this agent"
         await _record(session, conversation.id, agent, "accept", False, now, reason)
         return OwnershipResult("accept", False, owner, reason)
     moved = await session.execute(
         update(Conversation).where(Conversation.id == conversation.id,
-                                   Conversation.owner_id == conversation.owner_id)
-        .values(owner_id=agent.id, updated_at=now))
+                                   Conversation.owner_id == conversation.owner_id,
+                                   Conversation.status == "owned")
+        .values(owner_id=agent.id, updated_at=now, context=_without_offer(conversation)))
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         await _record(session, conversation.id, agent, "accept", False, now, "ownership changed")
         return OwnershipResult("accept", False, owner, "ownership changed")
-    context = dict(conversation.context or {})
-    context.pop("transfer_to", None)
-    conversation.context = context
     await _record(session, conversation.id, agent, "accept", True, now)
     return OwnershipResult("accept", True, agent_ref)
 
 
 async def release(session: AsyncSession, conversation: Conversation, agent_ref: str,
                   now: datetime) -> OwnershipResult:
-    agent, refused = await _as_owner(session, conversation, agent_ref, "release", now)
+    # Back in the queue: the unclaimed-hand-off clock starts again.
+    agent, refused = await _as_owner(session, conversation, agent_ref, "release", now,
+                                     owner_id=None, status="handed_off", handed_off_at=now,
+                                     context=_without_offer(conversation))
     if refused:
         return refused
-    conversation.owner_id, conversation.status, conversation.updated_at = None, "handed_off", now
-    conversation.handed_off_at = now  # back in the queue: the unclaimed clock starts again
     await _record(session, conversation.id, agent, "release", True, now)
     return OwnershipResult("release", True, None)
 
 
 async def resolve(session: AsyncSession, conversation: Conversation, agent_ref: str,
                   now: datetime) -> OwnershipResult:
-    agent, refused = await _as_owner(session, conversation, agent_ref, "resolve", now)
+    agent, refused = await _as_owner(session, conversation, agent_ref, "resolve", now,
+                                     status="resolved", resolved_at=now,
+                                     context=_without_offer(conversation))
     if refused:
         return refused
-    conversation.status, conversation.resolved_at, conversation.updated_at = "resolved", now, now
     await _record(session, conversation.id, agent, "resolve", True, now)
     return OwnershipResult("resolve", True, agent_ref)

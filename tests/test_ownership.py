@@ -14,7 +14,7 @@ from sqlalchemy import select
 from bot.cli import main
 from bot.clock import ManualClock
 from bot.config import load_settings
-from bot.db.models import Conversation, OwnershipEvent
+from bot.db.models import Agent, Conversation, OwnershipEvent
 from bot.ownership import take
 from bot.service import Service
 from bot.types import InboundMessage
@@ -179,3 +179,37 @@ def test_green_channel_escalates_an_untaken_strategic_handoff_once_in_replay(tmp
     assert len(escalations) == 1
     assert escalations[0]["at"].startswith("2026-12-07T12:01")
     assert "agent-7" in escalations[0]["text"] and escalations[0]["to"] == "agents"
+
+
+async def test_release_racing_accept_leaves_one_consistent_outcome(postgres_url: str) -> None:
+    """The owner releases while the offered agent accepts, at the same moment, twenty
+    times: exactly one of the two succeeds each time, and the row agrees with it."""
+    from bot.agent_actions import perform
+
+    clock = ManualClock()
+    settings = load_settings(None, database={"url": postgres_url})
+    service = await Service.start(settings, clock=clock, migrate=True,
+                                  channels={"telegram": RecordingChannel("telegram")})
+    try:
+        for n in range(20):
+            chat = f"tg-race-{n}"
+            await service.pipeline.handle(InboundMessage(
+                channel="telegram", chat=chat, text="/human", external_id=f"race-{n}"))
+            await perform(service, chat, "alice", "take")
+            await perform(service, chat, "alice", "transfer", to="bob")
+            released, accepted = await asyncio.gather(
+                perform(service, chat, "alice", "release"), perform(service, chat, "bob", "accept"))
+            outcomes = (released.result["ok"], accepted.result["ok"])
+            assert outcomes in ((True, False), (False, True)), outcomes
+            async with service.db.sessions() as session:
+                conversation = (await session.execute(select(Conversation).where(
+                    Conversation.chat == chat))).scalar_one()
+                owner = await session.scalar(select(Agent.ref).where(
+                    Agent.id == conversation.owner_id))
+            if outcomes[0]:
+                assert (conversation.status, owner) == ("handed_off", None)
+            else:
+                assert (conversation.status, owner) == ("owned", "bob")
+            assert "transfer_to" not in (conversation.context or {})
+    finally:
+        await service.close()

@@ -28,6 +28,7 @@ from bot.db.models import (
 )
 from bot.green_channel import escalate_unclaimed
 from bot.importer import apply_batch, validate_records
+from bot.ownership import owner_ref
 from bot.service import Service
 from bot.types import InboundMessage
 from bot.web.app import create_app
@@ -69,7 +70,7 @@ def slack_settings(database_url: str, api_base_url: str) -> Settings:
         after_hours={"enabled": False})
 
 
-class SlackDesk:
+class Workspace:
     """A workspace in a test: customers write, agents click and reply, Slack is a stub."""
 
     def __init__(self, service: Service, stub: SlackStub, http: httpx.AsyncClient,
@@ -131,7 +132,7 @@ class SlackDesk:
 
 
 @pytest.fixture
-async def desk(database_url: str, clock: ManualClock) -> AsyncIterator[SlackDesk]:
+async def desk(database_url: str, clock: ManualClock) -> AsyncIterator[Workspace]:
     stub = SlackStub()
     base_url = await stub.start()
     stub.users[CAROL] = "Carol"
@@ -146,16 +147,14 @@ async def desk(database_url: str, clock: ManualClock) -> AsyncIterator[SlackDesk
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://supportbot") as http:
-            yield SlackDesk(service, stub, http, customers, clock)
+            yield Workspace(service, stub, http, customers, clock)
     finally:
         await service.close()
         await stub.stop()
 
 
-async def owner_of(desk: SlackDesk, conversation_id: int) -> str | None:
-    from bot.ownership import owner_ref
-
-    async with desk.service.db.sessions() as session:
+async def owner_of(service: Service, conversation_id: int) -> str | None:
+    async with service.db.sessions() as session:
         return await owner_ref(session, conversation_id)
 
 
@@ -169,7 +168,7 @@ def button_texts(blocks: list[dict[str, Any]]) -> list[str]:
             for block in blocks if block["type"] == "actions" for element in block["elements"]]
 
 
-async def test_handoff_posts_a_card_with_the_facts_and_a_take_button(desk: SlackDesk) -> None:
+async def test_handoff_posts_a_card_with_the_facts_and_a_take_button(desk: Workspace) -> None:
     await desk.customer_says("Где мой заказ PO-24117? Позовите, пожалуйста, менеджера")
     await desk.customer_says("/human")
     posts = desk.stub.calls_to("chat.postMessage")
@@ -184,12 +183,11 @@ async def test_handoff_posts_a_card_with_the_facts_and_a_take_button(desk: Slack
     conversation_id, channel, thread_ts = await desk.thread()
     assert channel == "CSUPPORT"
     assert await desk.count(SlackThread) == 1
-    # The card was refreshed in place to show the latest state, not posted again.
-    assert sum(1 for p in posts if "blocks" in p and "thread_ts" not in p) == 1
+    assert sum(1 for p in posts if "blocks" in p and "thread_ts" not in p) == 1  # one card
     assert conversation_id > 0 and thread_ts
 
 
-async def test_two_takes_give_one_owner_and_the_card_shows_it(desk: SlackDesk) -> None:
+async def test_two_takes_give_one_owner_and_the_card_shows_it(desk: Workspace) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     first = await desk.click(ALICE, take_button(conversation_id), channel, ts)
@@ -210,7 +208,7 @@ async def test_two_takes_give_one_owner_and_the_card_shows_it(desk: SlackDesk) -
     assert any("Alice Wang" in text for text in told)  # the customer learns who helps
 
 
-async def test_owner_reply_reaches_the_customer_and_others_only_add_notes(desk: SlackDesk) -> None:
+async def test_owner_reply_reaches_the_customer_and_others_only_add_notes(desk: Workspace) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     await desk.click(ALICE, take_button(conversation_id), channel, ts)
@@ -232,7 +230,7 @@ async def test_owner_reply_reaches_the_customer_and_others_only_add_notes(desk: 
 
 
 async def test_customer_messages_reach_the_thread_and_bot_messages_are_not_relayed_back(
-        desk: SlackDesk) -> None:
+        desk: Workspace) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     await desk.click(ALICE, take_button(conversation_id), channel, ts)
@@ -240,15 +238,18 @@ async def test_customer_messages_reach_the_thread_and_bot_messages_are_not_relay
     in_thread = [p for p in desk.stub.calls_to("chat.postMessage") if p.get("thread_ts") == ts]
     assert any("Спасибо, жду ответа" in p["text"] and "&lt;b&gt;" in p["text"] for p in in_thread)
     before = len(desk.customers.sent)
-    # Slack echoes the bot's own thread posts as message events: they must not loop back.
+    # Slack echoes bots' thread posts as message events: they must not loop back, even
+    # when a bot posts as the owner (an integration with the owner's user id).
     await desk.event(thread_message("UBOT", "💬 tg-poltrade: Спасибо", channel, ts, "2.1",
                                     bot_id="BBOT"))
-    await desk.event(thread_message(ALICE, "edited", channel, ts, "2.2",
+    await desk.event(thread_message(ALICE, "💬 Спасибо", channel, ts, "2.2", bot_id="BOTHER"))
+    await desk.event(thread_message(ALICE, "edited", channel, ts, "2.3",
                                     subtype="message_changed"))
     assert len(desk.customers.sent) == before
+    assert await desk.count(ProcessedEvent) == 0 and desk.ephemerals(ALICE) == []
 
 
-async def test_forbidden_phrase_is_held_back_with_an_alternative(desk: SlackDesk) -> None:
+async def test_forbidden_phrase_is_held_back_with_an_alternative(desk: Workspace) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     await desk.click(ALICE, take_button(conversation_id), channel, ts)
@@ -262,7 +263,7 @@ async def test_forbidden_phrase_is_held_back_with_an_alternative(desk: SlackDesk
 
 @pytest.mark.parametrize("tamper", ["forged", "stale", "missing"])
 async def test_forged_or_stale_requests_are_rejected_and_nothing_is_stored(
-        desk: SlackDesk, tamper: str) -> None:
+        desk: Workspace, tamper: str) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     await desk.click(ALICE, take_button(conversation_id), channel, ts)
@@ -289,7 +290,7 @@ async def test_forged_or_stale_requests_are_rejected_and_nothing_is_stored(
                                           OutboxItem)] == counts
 
 
-async def test_a_retried_event_is_processed_once(desk: SlackDesk) -> None:
+async def test_a_retried_event_is_processed_once(desk: Workspace) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     await desk.click(ALICE, take_button(conversation_id), channel, ts)
@@ -304,7 +305,7 @@ async def test_a_retried_event_is_processed_once(desk: SlackDesk) -> None:
     assert await desk.count(ProcessedEvent) == 1
 
 
-async def test_simultaneous_retries_of_one_event_relay_once(desk: SlackDesk) -> None:
+async def test_simultaneous_retries_of_one_event_relay_once(desk: Workspace) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     await desk.click(ALICE, take_button(conversation_id), channel, ts)
@@ -319,13 +320,13 @@ async def test_simultaneous_retries_of_one_event_relay_once(desk: SlackDesk) -> 
     assert [d.text for d in desk.customers.sent[before:]] == ["Мы проверим партию."]
 
 
-async def test_url_verification_answers_the_challenge(desk: SlackDesk) -> None:
+async def test_url_verification_answers_the_challenge(desk: Workspace) -> None:
     body = json.dumps({"type": "url_verification", "challenge": "abc123", "token": "x"})
     response = await desk.post(body, "application/json")
     assert response.status_code == 200 and response.json() == {"challenge": "abc123"}
 
 
-async def test_support_command(desk: SlackDesk) -> None:
+async def test_support_command(desk: Workspace) -> None:
     assert "Nobody is waiting" in await desk.command(ALICE, "queue")
     await desk.customer_says("/human")
     await desk.customer_says("Ich brauche einen Mitarbeiter", chat="tg-nordic")
@@ -346,7 +347,7 @@ async def test_support_command(desk: SlackDesk) -> None:
     assert "Usage" in await desk.command(ALICE, "dance")
 
 
-async def test_support_take_accepts_a_case_number(desk: SlackDesk) -> None:
+async def test_support_take_accepts_a_case_number(desk: Workspace) -> None:
     await desk.customer_says("Жалоба: доски пришли поцарапанные, заказ PO-24117")
     async with desk.service.db.sessions() as session:
         from bot.db.models import Case
@@ -359,7 +360,7 @@ async def test_support_take_accepts_a_case_number(desk: SlackDesk) -> None:
     assert "Done: take" in await desk.command(BOB, f"take {number.lower()}")
 
 
-async def test_transfer_needs_the_receiver_to_accept(desk: SlackDesk) -> None:
+async def test_transfer_needs_the_receiver_to_accept(desk: Workspace) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     await desk.click(ALICE, take_button(conversation_id), channel, ts)
@@ -370,14 +371,14 @@ async def test_transfer_needs_the_receiver_to_accept(desk: SlackDesk) -> None:
     assert f"<@{BOB}>" in offer["text"] and button_texts(offer["blocks"]) == ["Accept transfer"]
     accept = {"action_id": "accept", "type": "button", "value": str(conversation_id)}
     await desk.click(CAROL, accept, channel, ts)  # not offered to Carol: refused
-    assert await owner_of(desk, conversation_id) == "alice"
+    assert await owner_of(desk.service, conversation_id) == "alice"
     assert desk.ephemerals(CAROL)
     await desk.click(BOB, accept, channel, ts)
-    assert await owner_of(desk, conversation_id) == "bob"
+    assert await owner_of(desk.service, conversation_id) == "bob"
     assert f"<@{BOB}>" in json.dumps(desk.stub.calls_to("chat.update")[-1]["blocks"])
 
 
-async def test_release_returns_to_the_queue_and_resolve_removes_buttons(desk: SlackDesk) -> None:
+async def test_release_returns_to_the_queue_and_resolve_removes_buttons(desk: Workspace) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     await desk.click(ALICE, take_button(conversation_id), channel, ts)
@@ -393,14 +394,14 @@ async def test_release_returns_to_the_queue_and_resolve_removes_buttons(desk: Sl
     assert "resolved" in desk.ephemerals(BOB)[-1]
 
 
-async def test_unlisted_slack_user_is_named_from_their_profile(desk: SlackDesk) -> None:
+async def test_unlisted_slack_user_is_named_from_their_profile(desk: Workspace) -> None:
     await desk.customer_says("/human")
     conversation_id, channel, ts = await desk.thread()
     await desk.click(CAROL, take_button(conversation_id), channel, ts)
     assert any("Carol" in d.text for d in desk.customers.sent)
 
 
-async def test_strategic_customer_goes_to_the_account_manager_first(desk: SlackDesk) -> None:
+async def test_strategic_customer_goes_to_the_account_manager_first(desk: Workspace) -> None:
     await desk.customer_says("Bitte verbinden Sie mich mit einem Mitarbeiter", chat="tg-nordic")
     assert desk.stub.calls_to("conversations.open") == [{"users": MANAGER}]
     card = next(p for p in desk.stub.calls_to("chat.postMessage") if "blocks" in p)
@@ -427,7 +428,7 @@ async def test_strategic_customer_goes_to_the_account_manager_first(desk: SlackD
     assert updated == {dm_ts, ts}
 
 
-async def test_slack_errors_become_retries_or_failures(desk: SlackDesk) -> None:
+async def test_slack_errors_become_retries_or_failures(desk: Workspace) -> None:
     desk.stub.fail("chat.postMessage", status=429, retry_after=7)
     await desk.customer_says("/human")
     async with desk.service.db.sessions() as session:
@@ -517,7 +518,7 @@ async def test_socket_mode_receives_events_without_a_public_url(database_url: st
             await stub.envelopes.put({"type": "interactive", "envelope_id": "env-1",
                                       "accepts_response_payload": True, "payload": payload})
             for _ in range(200):  # envelopes are handled concurrently: take first, then reply
-                if await owner_of_service(service, conversation.id):
+                if await owner_of(service, conversation.id):
                     break
                 await asyncio.sleep(0.05)
             event = json.loads(event_body(thread_message(
@@ -531,7 +532,7 @@ async def test_socket_mode_receives_events_without_a_public_url(database_url: st
                     break
                 await asyncio.sleep(0.05)
         assert {a["envelope_id"] for a in stub.acks} >= {"env-1", "env-2"}
-        assert await owner_of_service(service, conversation.id) == "alice"
+        assert await owner_of(service, conversation.id) == "alice"
         assert [d.text for d in customers.sent][-1] == "Guten Tag, ich kümmere mich darum."
         assert stub.calls_to("apps.connections.open")
     finally:
@@ -539,8 +540,92 @@ async def test_socket_mode_receives_events_without_a_public_url(database_url: st
         await stub.stop()
 
 
-async def owner_of_service(service: Service, conversation_id: int) -> str | None:
-    from bot.ownership import owner_ref
 
-    async with service.db.sessions() as session:
-        return await owner_ref(session, conversation_id)
+async def test_slack_markup_is_turned_into_plain_text_for_the_customer(desk: Workspace) -> None:
+    await desk.customer_says("/human")
+    conversation_id, channel, ts = await desk.thread()
+    await desk.click(ALICE, take_button(conversation_id), channel, ts)
+    before = len(desk.customers.sent)
+    await desk.event(thread_message(
+        ALICE, "См. <https://track.example/PO-24117|отслеживание> и <https://a.example>, "
+               "коллега <@UBOB|bob> в курсе, R&amp;D &lt;ok&gt;", channel, ts, "8.1",
+        subtype="thread_broadcast"))
+    assert [d.text for d in desk.customers.sent[before:]] == [
+        "См. отслеживание (https://track.example/PO-24117) и https://a.example, "
+        "коллега bob в курсе, R&D <ok>"]
+
+
+async def test_green_channel_retry_does_not_post_a_second_card(desk: Workspace) -> None:
+    await desk.customer_says("Bitte verbinden Sie mich mit einem Mitarbeiter", chat="tg-nordic")
+    desk.clock.advance(timedelta(hours=3))
+    assert await escalate_unclaimed(desk.service) == 1
+    # The card in the channel goes out, the "moved" note too, then Slack fails on the
+    # escalation text: the retry must post only the text.
+    calls_before = len(desk.stub.calls_to("chat.postMessage"))
+    original = desk.stub._answer
+
+    def fail_third(method: str, args: dict[str, Any]) -> dict[str, Any]:
+        made = len(desk.stub.calls_to("chat.postMessage")) - calls_before
+        if method == "chat.postMessage" and made == 3:
+            return {"ok": False, "error": "internal_error"}
+        return original(method, args)
+
+    desk.stub._answer = fail_third  # type: ignore[method-assign]
+    await desk.service.outbox.dispatch_due()
+    desk.clock.advance(timedelta(minutes=5))
+    await desk.service.outbox.dispatch_due()
+    cards = [p for p in desk.stub.calls_to("chat.postMessage")
+             if "blocks" in p and "thread_ts" not in p]
+    assert [c["channel"] for c in cards] == [f"D{MANAGER}", "#support"]
+    escalation_posts = [p for p in desk.stub.calls_to("chat.postMessage")
+                        if "has not taken" in p.get("text", "")]
+    assert len(escalation_posts) == 2  # the failed attempt and its retry, in the same thread
+    assert len({p["thread_ts"] for p in escalation_posts}) == 1
+
+
+@pytest.mark.parametrize("problem", ["no_slack_id", "dm_refused"])
+async def test_unreachable_account_manager_means_the_channel_at_once(
+        desk: Workspace, problem: str) -> None:
+    if problem == "no_slack_id":
+        async with desk.service.db.sessions.begin() as session:
+            from bot.db.models import Customer
+            customer = (await session.execute(select(Customer).where(
+                Customer.ref == "C-100"))).scalar_one()
+            customer.account_manager = "someone-without-slack"
+    else:
+        desk.stub.fail("conversations.open", error="user_not_found")
+    await desk.customer_says("Bitte verbinden Sie mich mit einem Mitarbeiter", chat="tg-nordic")
+    cards = [p for p in desk.stub.calls_to("chat.postMessage") if "blocks" in p]
+    assert [c["channel"] for c in cards] == ["#support"]
+    desk.clock.advance(timedelta(hours=3))
+    assert await escalate_unclaimed(desk.service) == 0  # nothing to move: already there
+
+
+async def test_a_transfer_offer_ends_with_release(desk: Workspace) -> None:
+    await desk.customer_says("/human")
+    conversation_id, channel, ts = await desk.thread()
+    await desk.click(ALICE, take_button(conversation_id), channel, ts)
+    await desk.click(ALICE, {"action_id": "transfer", "type": "users_select",
+                             "selected_user": BOB, "block_id": f"card-{conversation_id}"},
+                     channel, ts)
+    await desk.click(ALICE, {"action_id": "release", "type": "button",
+                             "value": str(conversation_id)}, channel, ts)
+    await desk.click(ALICE, take_button(conversation_id), channel, ts)
+    assert "Accept transfer" not in button_texts(desk.stub.calls_to("chat.update")[-1]["blocks"])
+    await desk.click(BOB, {"action_id": "accept", "type": "button",
+                           "value": str(conversation_id)}, channel, ts)
+    assert await owner_of(desk.service, conversation_id) == "alice"
+
+
+async def test_oversized_or_undecodable_bodies_are_refused(desk: Workspace) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 100_000
+
+    response = await desk.http.post("/webhooks/slack/events", content=chunks(),
+                                    headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    bad = b'{"type": "event_callback"}\xff'
+    headers = signed_headers(bad.decode("latin-1"), "application/json")
+    response = await desk.http.post("/webhooks/slack/events", content=bad, headers=headers)
+    assert response.status_code == 400

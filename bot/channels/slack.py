@@ -13,6 +13,7 @@ from then on is the conversation's thread. Replies in either thread still count.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,7 +29,7 @@ from bot.clock import Clock
 from bot.config import Settings
 from bot.db.database import Database
 from bot.db.models import Conversation
-from bot.handoff import ACCOUNT_MANAGER_ROUTE
+from bot.handoff import ACCOUNT_MANAGER_ROUTE, CHANNEL_ROUTE
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,14 @@ class SlackChannel:
                 conversation))
             if delivery.kind == "handoff":
                 return ts  # the card is the hand-off
-        elif delivery.template == "escalation.green_channel":
+        elif delivery.template == "escalation.green_channel" and len(threads) == 1:
+            # The card moves from the manager's DM to the channel. Once the second card is
+            # stored, a retry of this delivery only posts the text (no second move).
             previous_channel, previous_ts = threads[-1].slack_channel, threads[-1].thread_ts
             channel, ts = await self._post_card(conversation_id, self.settings.slack.agents_channel)
-            await self.client.chat_postMessage(
+            await self._best_effort(self.client.chat_postMessage(
                 channel=previous_channel, thread_ts=previous_ts,
-                text=self.texts["thread.moved"].format(channel=f"<#{channel}>"))
+                text=self.texts["thread.moved"].format(channel=f"<#{channel}>")))
         else:
             channel, ts = threads[-1].slack_channel, threads[-1].thread_ts
         response = await self.client.chat_postMessage(
@@ -118,18 +121,27 @@ class SlackChannel:
         return escape(delivery.text)
 
     async def _first_destination(self, conversation: Conversation) -> str:
-        """The account manager's DM for a green-channel hand-off, else the agents' channel."""
-        if (conversation.context or {}).get("slack_route") == ACCOUNT_MANAGER_ROUTE:
-            async with self.db.sessions() as session:
-                view = await agent_desk.card_view(session, conversation.id, self.settings.sla,
-                                                  self.calendar)
-            manager = view.account_manager if view else None
-            if manager is not None and manager.slack_user_id:
+        """The account manager's DM for a green-channel hand-off, else the agents' channel.
+        When the manager cannot be reached directly the card goes to the channel at once,
+        and the green channel's later escalation is cancelled (it would post twice)."""
+        if (conversation.context or {}).get("slack_route") != ACCOUNT_MANAGER_ROUTE:
+            return self.settings.slack.agents_channel
+        view = await self.view(conversation.id)
+        manager = view.account_manager if view else None
+        if manager is not None and manager.slack_user_id:
+            try:
                 opened = await self.client.conversations_open(users=manager.slack_user_id)
                 return str(opened["channel"]["id"])
-            log.warning("conversation %d: account manager %s has no Slack user id; card goes "
-                        "to %s", conversation.id, manager.ref if manager else "?",
-                        self.settings.slack.agents_channel)
+            except SlackApiError as exc:
+                if isinstance(delivery_error(exc), TemporaryDeliveryError):
+                    raise
+                log.warning("conversation %d: cannot message account manager %s (%s)",
+                            conversation.id, manager.ref, exc.response.get("error"))
+        else:
+            log.warning("conversation %d: account manager %s has no Slack user id",
+                        conversation.id, manager.ref if manager else "?")
+        async with self.db.sessions.begin() as session:
+            await agent_desk.set_route(session, conversation.id, CHANNEL_ROUTE)
         return self.settings.slack.agents_channel
 
     async def _post_card(self, conversation_id: int, destination: str) -> tuple[str, str]:
@@ -143,9 +155,7 @@ class SlackChannel:
         return channel, ts
 
     async def _card(self, conversation_id: int) -> tuple[str, list[dict[str, Any]]]:
-        async with self.db.sessions() as session:
-            view = await agent_desk.card_view(session, conversation_id, self.settings.sla,
-                                              self.calendar)
+        view = await self.view(conversation_id)
         if view is None:
             raise PermanentDeliveryError(f"slack: conversation {conversation_id} not found")
         return card(view, self.texts, self.timezone)
@@ -159,21 +169,28 @@ class SlackChannel:
             return
         text, blocks = await self._card(conversation_id)
         for thread in threads:
-            try:
-                await self.client.chat_update(channel=thread.slack_channel, ts=thread.thread_ts,
-                                              text=text, blocks=blocks)
-            except (TimeoutError, SlackClientError, aiohttp.ClientError) as exc:
-                log.warning("conversation %d: card in %s not updated: %s", conversation_id,
-                            thread.slack_channel, exc)
+            await self._best_effort(self.client.chat_update(
+                channel=thread.slack_channel, ts=thread.thread_ts, text=text, blocks=blocks))
 
     async def post_in_thread(self, conversation_id: int, text: str,
                              blocks: list[dict[str, Any]] | None = None) -> None:
+        """Best effort, like card updates: used for notices whose loss is visible and
+        harmless (the card shows the same state)."""
         async with self.db.sessions() as session:
             threads = await agent_desk.threads_of(session, conversation_id)
         if threads:
-            await self.client.chat_postMessage(channel=threads[-1].slack_channel,
-                                               thread_ts=threads[-1].thread_ts, text=text,
-                                               blocks=blocks)
+            await self._best_effort(self.client.chat_postMessage(
+                channel=threads[-1].slack_channel, thread_ts=threads[-1].thread_ts, text=text,
+                blocks=blocks))
+
+    @staticmethod
+    async def _best_effort(call: Awaitable[Any]) -> bool:
+        try:
+            await call
+        except (TimeoutError, SlackClientError, aiohttp.ClientError) as exc:
+            log.warning("Slack call failed, not retried: %s", exc)
+            return False
+        return True
 
     async def view(self, conversation_id: int) -> agent_desk.CardView | None:
         async with self.db.sessions() as session:

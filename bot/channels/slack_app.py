@@ -20,8 +20,12 @@ import logging
 import re
 from typing import Any
 
+import aiohttp
 from fastapi import APIRouter, Request, Response
-from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.adapter.starlette.async_handler import (
+    to_async_bolt_request,
+    to_starlette_response,
+)
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackClientError
 from sqlalchemy import select
@@ -40,6 +44,35 @@ CHANGES_CARD = frozenset({"take", "transfer", "accept", "release", "resolve"})
 NOTE_PREFIX = re.compile(r"^\s*note\s*:\s*", re.IGNORECASE)
 MAX_BODY_BYTES = 1_000_000  # Slack's payloads are a few kB; anything near this is not Slack
 WEBHOOK_PATH = "/webhooks/slack/events"
+# Thread messages an agent writes: plain, "also send to channel", and with a file attached.
+RELAYED_SUBTYPES = (None, "thread_broadcast", "file_share")
+SLACK_MARKUP = re.compile(r"<([^<>|]*)(?:\|([^<>]*))?>")
+
+
+def plain_text(text: str) -> str:
+    """An agent's Slack message as the customer should read it: links as "label (url)",
+    mentions and channel links as their label, then Slack's &amp; &lt; &gt; undone."""
+    def replace(match: re.Match[str]) -> str:
+        target, label = match.group(1), match.group(2)
+        if target.startswith("@"):
+            return label or "@"  # a colleague's mention: their name if Slack gave it
+        if target.startswith("#"):
+            return f"#{label}" if label else "#"
+        if target.startswith("!"):
+            return f"@{label or target[1:].split('^')[0]}"
+        if label and label != target.removeprefix("mailto:"):
+            return f"{label} ({target})"
+        return target.removeprefix("mailto:")
+    return html.unescape(SLACK_MARKUP.sub(replace, text))
+
+
+def clicked_by(body: dict[str, Any]) -> str:
+    return str((body.get("user") or {}).get("id"))
+
+
+def clicked_in(body: dict[str, Any]) -> str | None:
+    """Where a click's private answer goes: the channel of the card that was clicked."""
+    return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
 
 
 class SlackDesk:
@@ -117,40 +150,36 @@ class SlackDesk:
         try:
             await self.client.chat_postEphemeral(channel=channel, user=user_id, text=text,
                                                  thread_ts=thread_ts)
-        except SlackClientError as exc:
+        except (TimeoutError, SlackClientError, aiohttp.ClientError) as exc:
             log.warning("ephemeral message to %s not delivered: %s", user_id, exc)
 
     # -- listeners ------------------------------------------------------------------------
 
     async def on_card_button(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        user = body.get("user") or {}
         try:
             conversation_id = int(action.get("value", ""))
         except ValueError:
             log.warning("card button without a conversation id: %r", action.get("value"))
             return
-        await self.act(user["id"], action["action_id"], conversation_id,
-                       where=(body.get("channel") or {}).get("id"),
-                       thread_ts=(body.get("container") or {}).get("message_ts"))
+        await self.act(clicked_by(body), action["action_id"], conversation_id,
+                       where=clicked_in(body))
 
     async def on_transfer(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        user = body.get("user") or {}
         block_id = str(action.get("block_id", ""))
         if not block_id.startswith("card-") or not block_id[5:].isdigit() \
                 or not action.get("selected_user"):
             return
-        await self.act(user["id"], "transfer", int(block_id[5:]),
-                       to_user=action["selected_user"],
-                       where=(body.get("channel") or {}).get("id"),
-                       thread_ts=(body.get("container") or {}).get("message_ts"))
+        await self.act(clicked_by(body), "transfer", int(block_id[5:]),
+                       to_user=action["selected_user"], where=clicked_in(body))
 
     async def on_message(self, event: dict[str, Any], body: dict[str, Any],
                          context: Any) -> None:
         """A message in a conversation's thread: the owner's reply goes to the customer,
         ``note:`` stays internal. Bots' messages (our own relays included) are ignored."""
-        if event.get("subtype") or event.get("bot_id") or not event.get("user"):
+        if event.get("subtype") not in RELAYED_SUBTYPES or event.get("bot_id") \
+                or not event.get("user"):
             return
         if event["user"] == getattr(context, "bot_user_id", None):
             return
@@ -161,7 +190,7 @@ class SlackDesk:
             conversation_id = await agent_desk.conversation_for_thread(session, channel, thread_ts)
         if conversation_id is None:
             return
-        text = html.unescape(str(event.get("text") or ""))  # Slack escapes & < >
+        text = plain_text(str(event.get("text") or ""))
         note = NOTE_PREFIX.match(text)
         action = "note" if note else "reply"
         if note:
@@ -245,8 +274,9 @@ def build_bolt_app(service: Service) -> tuple[AsyncApp, SlackDesk]:
 
 
 def build_router(app: AsyncApp) -> APIRouter:
-    """``POST /webhooks/slack/events``: events, interactivity and slash commands."""
-    handler = AsyncSlackRequestHandler(app)
+    """``POST /webhooks/slack/events``: events, interactivity and slash commands. The body
+    is read with a size cap before Bolt checks its signature, so an oversized request
+    (with or without Content-Length) costs at most ``MAX_BODY_BYTES`` of memory."""
     router = APIRouter()
 
     @router.post(WEBHOOK_PATH, include_in_schema=False)
@@ -254,10 +284,17 @@ def build_router(app: AsyncApp) -> APIRouter:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return Response("request too large", status_code=413)
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return Response("request too large", status_code=413)
-        return await handler.handle(request)
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > MAX_BODY_BYTES:
+                return Response("request too large", status_code=413)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return Response("body is not UTF-8", status_code=400)
+        bolt_response = await app.async_dispatch(to_async_bolt_request(request, bytes(body)))
+        return to_starlette_response(bolt_response)
 
     return router
 

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from bot.agent_desk import CardView, Person
 
 SECTION_TEXT_LIMIT = 2900  # Slack allows 3,000 characters in a section's text
+FIELD_TEXT_LIMIT = 1900  # and 2,000 in a field
 
 
 def mention(person: Person | None, texts: dict[str, str]) -> str:
@@ -22,8 +23,11 @@ def mention(person: Person | None, texts: dict[str, str]) -> str:
     return f"<@{person.slack_user_id}>" if person.slack_user_id else person.name
 
 
-def escape(text: str) -> str:
-    """Customers' words shown in Slack: no accidental mentions or links."""
+def escape(text: str, limit: int | None = None) -> str:
+    """Customers' words shown in Slack: no accidental mentions or links. Cut to ``limit``
+    characters first, so a cut never splits an escape like ``&amp;``."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit - 1] + "…"
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -34,7 +38,7 @@ def status_text(view: CardView, texts: dict[str, str]) -> str:
 def customer_text(view: CardView, texts: dict[str, str]) -> str:
     if view.customer_ref is None:
         return texts["unknown_customer"]
-    return f"{escape(view.company or view.customer_ref)} ({view.customer_ref})"
+    return f"{escape(view.company or view.customer_ref, FIELD_TEXT_LIMIT)} ({view.customer_ref})"
 
 
 def _label(texts: dict[str, str], prefix: str, value: str | None) -> str:
@@ -49,6 +53,18 @@ def _deadline(deadline: datetime | None, tz: ZoneInfo, texts: dict[str, str]) ->
     # Slack shows the date in each reader's own time zone; the fallback is the calendar's.
     fallback = deadline.astimezone(tz).strftime("%a %d %b %H:%M %Z")
     return f"<!date^{int(deadline.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def _newest_that_fit(lines: list[str], limit: int) -> list[str]:
+    """The newest whole lines whose total stays within ``limit`` (oldest dropped first)."""
+    kept: list[str] = []
+    total = 0
+    for line in reversed(lines):
+        total += len(line) + 1
+        if total > limit:
+            break
+        kept.append(line)
+    return kept[::-1]
 
 
 def _button(texts: dict[str, str], action: str, conversation_id: int,
@@ -75,7 +91,7 @@ def card(view: CardView, texts: dict[str, str], tz: ZoneInfo) -> tuple[str, list
     }]
     if view.headline:
         blocks.append({"type": "section",
-                       "text": {"type": "mrkdwn", "text": escape(view.headline)[:SECTION_TEXT_LIMIT]}})
+                       "text": {"type": "mrkdwn", "text": escape(view.headline, SECTION_TEXT_LIMIT // 2)}})
     fields = [
         ("customer", customer),
         ("country", view.country or texts["card.none"]),
@@ -83,7 +99,7 @@ def card(view: CardView, texts: dict[str, str], tz: ZoneInfo) -> tuple[str, list
         ("intent", _label(texts, "intent", view.intent)),
         ("priority", _label(texts, "card.priority", view.priority)),
         ("deadline", _deadline(view.deadline, tz, texts)),
-        ("channel", f"{view.channel}:{escape(view.chat)}"),
+        ("channel", f"{view.channel}:{escape(view.chat, FIELD_TEXT_LIMIT)}"),
         ("owner", mention(view.owner, texts)),
     ]
     blocks.append({"type": "section", "fields": [
@@ -92,8 +108,9 @@ def card(view: CardView, texts: dict[str, str], tz: ZoneInfo) -> tuple[str, list
     if view.strategic:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": texts[
             "card.strategic"].format(manager=mention(view.account_manager, texts))}]})
-    summary = "\n".join(f"*{texts.get('card.sender.' + sender, sender)}:* {escape(text)}"
-                        for sender, text, _ in view.summary) or texts["card.none"]
+    summary = "\n".join(_newest_that_fit(
+        [f"*{texts.get('card.sender.' + sender, sender)}:* {escape(text)}"
+         for sender, text, _ in view.summary], SECTION_TEXT_LIMIT - 100)) or texts["card.none"]
     orders = "\n".join(texts["card.order_line"].format(number=n, stage=s, eta=eta or "?")
                        for n, s, eta in view.orders) or texts["card.none"]
     blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (
