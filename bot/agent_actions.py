@@ -16,7 +16,7 @@ from bot import ownership
 from bot.agent_desk import current_conversation
 from bot.db.models import Conversation, Message, ProcessedEvent
 from bot.service import Service
-from bot.types import Reply
+from bot.types import Button, Reply
 
 ACTIONS = ("take", "reply", "note", "transfer", "accept", "release", "resolve")
 
@@ -33,6 +33,21 @@ class ActionOutcome:
     def result(self) -> dict[str, Any]:
         """The ownership line: whether the action was done, and who owns the conversation."""
         return next(e for e in reversed(self.events) if e.get("event") == "owner")
+
+
+async def ask_for_rating(service: Service, session: Any, conversation: Conversation,
+                         now: Any) -> None:
+    """The satisfaction survey (1-5), once per conversation a person resolved."""
+    if not service.settings.proactive.survey or conversation.survey_sent_at is not None:
+        return
+    lang = conversation.language or service.settings.languages.default
+    question = service.knowledge.templates.render("survey.question", lang)
+    buttons = [Button(label=str(n), payload=str(n)) for n in range(1, 6)]
+    conversation.survey_sent_at = now
+    await service.pipeline.queue_replies(
+        session, conversation,
+        [Reply(question, kind="survey", lang=lang, template="survey.question", buttons=buttons)],
+        now)
 
 
 async def perform(service: Service, chat: str, agent_ref: str, action: str,
@@ -92,6 +107,7 @@ async def _perform(service: Service, session: Any, outcome: ActionOutcome, chat:
     if action == "take":
         result = await ownership.take(session, conversation.id, agent_ref, now)
         if result.ok:
+            await service.sla.after_take(session, conversation.id, now)
             await session.refresh(conversation)
             lang = conversation.language or service.settings.languages.default
             agent = await ownership.agent_by_ref(session, agent_ref, now)
@@ -119,6 +135,7 @@ async def _perform(service: Service, session: Any, outcome: ActionOutcome, chat:
             await service.pipeline.queue_replies(
                 session, conversation, [Reply(text or "", kind="relay", lang=lang)], now,
                 agent_id=agent.id)
+            await service.sla.after_agent_reply(session, conversation.id, now)
             result = ownership.OwnershipResult("reply", True, agent_ref)
         else:
             session.add(Message(conversation_id=conversation.id, direction="out",
@@ -135,8 +152,15 @@ async def _perform(service: Service, session: Any, outcome: ActionOutcome, chat:
         result = await ownership.accept(session, conversation, agent_ref, now)
     elif action == "release":
         result = await ownership.release(session, conversation, agent_ref, now)
+        if result.ok:
+            await session.refresh(conversation)
+            await service.sla.after_release(session, conversation, now)
     else:
         result = await ownership.resolve(session, conversation, agent_ref, now)
+        if result.ok:
+            await service.sla.after_resolve(session, conversation.id, now)
+            await session.refresh(conversation)
+            await ask_for_rating(service, session, conversation, now)
     event: dict[str, Any] = {"event": "owner", "chat": chat, "agent": agent_ref,
                              "owner": result.owner, "action": action, "ok": result.ok}
     if result.reason:

@@ -162,9 +162,18 @@ class BusinessCalendar:
         return total
 
 
+ALWAYS = "always"
+
+
 def build_calendars(default: HoursSettings,
                     others: dict[str, HoursSettings] | None = None) -> dict[str, BusinessCalendar]:
+    """The configured calendars, plus ``always`` (every hour of every day, in the default
+    timezone) for 24 h coverage unless the configuration defines its own."""
     calendars = {"default": BusinessCalendar.from_settings(default, "default")}
     for name, settings in (others or {}).items():
         calendars[name] = BusinessCalendar.from_settings(settings, name)
+    if ALWAYS not in calendars:
+        around_the_clock = HoursSettings(timezone=default.timezone, holidays_country=None,
+                                         weekly={day: ["00:00-24:00"] for day in WEEKDAYS})
+        calendars[ALWAYS] = BusinessCalendar.from_settings(around_the_clock, ALWAYS)
     return calendars

@@ -113,16 +113,27 @@ class SlaSettings(Section):
     delivery_followup: timedelta = timedelta(hours=48)
     change_notice: timedelta = timedelta(hours=4)
     unclaimed_handoff: timedelta = timedelta(minutes=30)
+    next_response: timedelta = timedelta(hours=2)
     warn_at: float = Field(default=0.8, gt=0, lt=1)
+    # First human response by intent of the hand-off (urgent messages keep the urgent target),
+    # e.g. {quote_request = "1h"}.
+    first_response_by_intent: dict[str, timedelta] = Field(default_factory=dict)
 
     @field_validator(
         "first_response", "first_response_urgent", "inquiry_ack", "complaint_solution",
         "technical_contact", "order_confirmation", "delivery_followup", "change_notice",
-        "unclaimed_handoff", mode="before",
+        "unclaimed_handoff", "next_response", mode="before",
     )
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("first_response_by_intent", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: parse_duration(v) if isinstance(v, str) else v for k, v in value.items()}
+        return value
 
 
 class LanguagesSettings(Section):
@@ -252,6 +263,45 @@ class OutboxSettings(Section):
     lease_seconds: float = Field(default=60.0, gt=0)  # a claimed row is retried after this
 
 
+class SchedulerSettings(Section):
+    """Periodic jobs (SLA sweep, proactive messages, reports, retention). With PostgreSQL
+    only the process holding an advisory lock runs them; the others wait to take over."""
+
+    enabled: bool = True
+    sweep_seconds: float = Field(default=60.0, gt=0)
+    lock_retry_seconds: float = Field(default=15.0, gt=0)
+
+
+class ProactiveSettings(Section):
+    """Messages the bot starts: order alerts, progress notes, follow-ups, surveys."""
+
+    # Customers are not disturbed in these local hours (their timezone, else the company's);
+    # a message due then waits for the end of the quiet period.
+    quiet_hours: str = "21:00-08:00"
+    respect_quiet_hours: bool = True
+    progress_every: timedelta = timedelta(days=7)
+    delay_threshold: timedelta = timedelta(hours=48)
+    survey: bool = True
+
+    @field_validator("progress_every", "delay_threshold", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        if value and not re.fullmatch(r"\d{2}:\d{2}-\d{2}:\d{2}", value):
+            raise ValueError(f"expected HH:MM-HH:MM, got {value!r}")
+        return value
+
+
+class RetentionSettings(Section):
+    """Personal data older than this is purged by a daily job (SPEC §7: 3 years)."""
+
+    personal_data_days: int = Field(default=3 * 365, ge=1)
+
+
 class FlowSettings(Section):
     """Multi-turn flows (quote, verification, complaint) and ownership checks."""
 
@@ -306,6 +356,9 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     flows: FlowSettings = Field(default_factory=FlowSettings)
     after_hours: AfterHoursSettings = Field(default_factory=AfterHoursSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    proactive: ProactiveSettings = Field(default_factory=ProactiveSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     # More calendars (per region or team), each like [hours]: [calendars.europe] ...
     calendars: dict[str, HoursSettings] = Field(default_factory=dict)
     agents: dict[str, AgentSettings] = Field(default_factory=dict)

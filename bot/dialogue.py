@@ -51,6 +51,9 @@ class Dialogue:
             conversation=conversation, contact=conversation.contact, customer=customer,
             message=message, understanding=understanding, lang=lang,
         )
+        if conversation.status == "resolved":
+            # Only a rating reaches a resolved conversation (the pipeline routes it here).
+            return understanding, self._rating(ctx)
         replies = await self._command(ctx)
         if replies is not None:
             return understanding, replies + await after_hours_replies(ctx, self.calendar)
@@ -67,6 +70,22 @@ class Dialogue:
                 conversation.misses = 0
         # Outside working hours self-service goes on; the notice and any page follow.
         return understanding, replies + await after_hours_replies(ctx, self.calendar)
+
+    def _rating(self, ctx: HandlerContext) -> list[Reply]:
+        from bot.handoff import describe_customer
+        from bot.pipeline import parse_rating
+
+        rating = parse_rating(ctx.message.text) or 0
+        conversation = ctx.conversation
+        conversation.satisfaction, conversation.satisfaction_at = rating, ctx.now
+        if rating >= 3:
+            return [ctx.reply("survey.thanks")]
+        agents = ctx.knowledge.agent_texts
+        alert = agents["escalation.low_rating"].format(
+            rating=rating, number=conversation.id, customer=describe_customer(ctx))
+        return [ctx.reply("survey.thanks_low"),
+                Reply(alert, kind="escalation", to="agents", lang=ctx.lang,
+                      template="escalation.low_rating")]
 
     async def _flow(self, ctx: HandlerContext) -> list[Reply] | None:
         conversation = ctx.conversation

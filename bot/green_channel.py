@@ -45,6 +45,7 @@ async def escalate_unclaimed(service: Service) -> int:
                 session, conversation,
                 [Reply(text, kind="escalation", to="agents", template="escalation.green_channel")],
                 now)
+            await service.sla.start(session, conversation, "unclaimed_handoff", now)
             moved += 1
     if moved:
         service.outbox.wake()

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from bot.channels.base import (
@@ -59,18 +59,22 @@ class OutboxDispatcher:
         self._wake.set()
 
     async def _due_heads(self, limit: int) -> list[int]:
-        """Ids of due rows that are the oldest pending row of their chat."""
+        """Ids of due rows that are the oldest pending row of their chat. A row scheduled
+        for later and never tried (a proactive message waiting out quiet hours) does not
+        hold back the chat's replies; a row being retried does, to keep the order."""
         older = aliased(OutboxItem)
+        now = self.clock.now()
         oldest_pending = (
             select(func.min(older.id))
             .where(older.status == "pending", older.channel == OutboxItem.channel,
-                   older.chat == OutboxItem.chat)
+                   older.chat == OutboxItem.chat,
+                   or_(older.next_attempt_at <= now, older.attempts > 0))
             .scalar_subquery()
         )
         query = (
             select(OutboxItem.id)
             .where(OutboxItem.status == "pending",
-                   OutboxItem.next_attempt_at <= self.clock.now(),
+                   OutboxItem.next_attempt_at <= now,
                    OutboxItem.channel.in_(list(self.channels)),
                    OutboxItem.id == oldest_pending)
             .order_by(OutboxItem.id).limit(limit)

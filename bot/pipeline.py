@@ -10,6 +10,7 @@ stored message that was not processed yet.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,7 @@ from bot.db.database import Database
 from bot.db.models import Agent, Contact, Conversation, Customer, Message, OutboxItem
 from bot.dialogue import Dialogue
 from bot.handoff import AGENTS_CHANNEL
+from bot.sla import SlaRules
 from bot.types import InboundMessage, Reply
 from intents.understanding import Understanding
 
@@ -58,6 +60,15 @@ class Processed:
     outbox_ids: list[int] = field(default_factory=list)
 
 
+RATING = re.compile(r"\s*([1-5])\s*(?:/\s*5)?\s*[★⭐]*\s*")
+
+
+def parse_rating(text: str) -> int | None:
+    """A satisfaction answer: "4", "4/5", "5 ★" (the survey's buttons send the digit)."""
+    match = RATING.fullmatch(text)
+    return int(match.group(1)) if match else None
+
+
 def clean_text(text: str, limit: int) -> str:
     """Validate customer text before anything is stored."""
     text = text.replace("\x00", "")
@@ -75,11 +86,12 @@ def clean_text(text: str, limit: int) -> str:
 
 class Pipeline:
     def __init__(self, *, settings: Settings, db: Database, clock: Clock, dialogue: Dialogue,
-                 on_outbox: Callable[[], None] | None = None) -> None:
+                 sla: SlaRules, on_outbox: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.clock = clock
         self.dialogue = dialogue
+        self.sla = sla
         self.on_outbox = on_outbox or (lambda: None)
 
     async def handle(self, inbound: InboundMessage) -> Processed:
@@ -99,7 +111,7 @@ class Pipeline:
                     if existing is not None:
                         return existing
                 contact = await self._contact(session, inbound, now)
-                conversation = await self._open_conversation(session, contact, now)
+                conversation = await self._open_conversation(session, contact, now, text)
                 message = Message(
                     conversation_id=conversation.id, direction="in", sender="customer",
                     channel=inbound.channel, external_id=inbound.external_id, text=text,
@@ -140,13 +152,29 @@ class Pipeline:
         await session.flush()
         return contact
 
+    async def _awaiting_rating(self, session: AsyncSession, contact: Contact,
+                               text: str) -> Conversation | None:
+        if parse_rating(text) is None:
+            return None
+        latest = (await session.execute(
+            select(Conversation).where(Conversation.contact_id == contact.id)
+            .order_by(Conversation.id.desc()).limit(1))).scalar_one_or_none()
+        if latest is not None and latest.status == "resolved" \
+                and latest.survey_sent_at is not None and latest.satisfaction is None:
+            return latest
+        return None
+
     async def _open_conversation(self, session: AsyncSession, contact: Contact,
-                                 now: datetime) -> Conversation:
+                                 now: datetime, text: str = "") -> Conversation:
         conversation = (await session.execute(
             select(Conversation)
             .where(Conversation.contact_id == contact.id, Conversation.status.in_(OPEN_STATUSES))
             .order_by(Conversation.id.desc()).limit(1)
         )).scalar_one_or_none()
+        if conversation is None:
+            awaiting = await self._awaiting_rating(session, contact, text)
+            if awaiting is not None:
+                return awaiting  # the answer to a satisfaction survey joins its conversation
         if conversation is None:
             previous_language = (await session.execute(
                 select(Conversation.language).where(Conversation.contact_id == contact.id)
@@ -192,15 +220,18 @@ class Pipeline:
             message.entities = understanding.entities
             message.urgent = understanding.urgent
             conversation.updated_at = now
+            await self.sla.after_customer_message(session, conversation, message, replies, now)
             outbox_ids = await self.queue_replies(session, conversation, replies, now)
         self.on_outbox()
         return Processed(message.id, conversation.id, understanding, replies, outbox_ids)
 
     async def queue_replies(self, session: AsyncSession, conversation: Conversation,
                             replies: list[Reply], now: datetime,
-                            agent_id: int | None = None) -> list[int]:
+                            agent_id: int | None = None,
+                            not_before: datetime | None = None) -> list[int]:
         """Store each reply as an outbound message plus an outbox row, in the caller's tx.
-        With ``agent_id`` the replies are an agent's words, relayed by the bot."""
+        With ``agent_id`` the replies are an agent's words, relayed by the bot; with
+        ``not_before`` customer-facing ones wait until then (quiet hours)."""
         ids: list[int] = []
         owner = None
         if conversation.owner_id is not None and any(r.to == "agents" for r in replies):
@@ -221,7 +252,8 @@ class Pipeline:
                 channel=conversation.channel if reply.to == "customer" else AGENTS_CHANNEL,
                 payload={**reply_payload(reply), "customer_channel": conversation.channel,
                          "owner": owner, "conversation_id": conversation.id},
-                next_attempt_at=now, created_at=now,
+                next_attempt_at=max(now, not_before or now) if reply.to == "customer" else now,
+                created_at=now,
             )
             session.add(item)
             await session.flush()

@@ -149,6 +149,8 @@ class Replayer:
 
     async def run(self, events: list[Event]) -> None:
         for event in events:
+            if event.kind == "tick" and event.at is not None:
+                await self._sweep_until(event.at)
             if event.at is not None:
                 self.clock.set(event.at)
                 self.output_tz = event.at.tzinfo
@@ -208,13 +210,33 @@ class Replayer:
             if await session.scalar(select(Order.id).where(Order.number == record.number)) is None:
                 raise ScenarioError(f"line {event.line}: order {record.number!r} does not exist")
             await apply_order_event(session, record, self.clock.now(), source="replay")
+        # The alert job is due the moment an order changes; run it as the scheduler would.
+        from bot.jobs import order_alerts
+
+        await order_alerts(self.service)
+
+    async def _sweep_until(self, until: datetime) -> None:
+        """Run the SLA sweep at each instant a clock fell due before ``until``, so warnings
+        and breaches carry the time they happened."""
+        from bot.jobs import sla_sweep
+
+        for _ in range(100_000):  # each run moves a clock on; the bound only guards a bug
+            async with self.service.db.sessions() as session:
+                due = await self.service.sla.next_check(session)
+            if due is None or due >= until:
+                return
+            if due > self.clock.now():
+                self.clock.set(due)
+            await sla_sweep(self.service)
+            await self.service.outbox.dispatch_due(limit=1)
 
     async def _tick(self, event: Event) -> None:
-        """Run the jobs due now; what they queue is delivered after this event, like any
-        event's output."""
-        from bot.green_channel import escalate_unclaimed
+        """Run the jobs due now. The clock already stands at the tick's time; SLA warnings
+        and breaches that fell due since the last event were run at their own instants
+        (see ``run``), as the minutely sweep would have."""
+        from bot.jobs import run_all
 
-        await escalate_unclaimed(self.service)
+        await run_all(self.service)
 
 
 def replay_channels(events: list[Event], emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from bot.knowledge import Knowledge
 from bot.outbox import OutboxDispatcher
 from bot.ownership import sync_agents
 from bot.pipeline import Pipeline
+from bot.sla import SlaRules
 from bot.tone_guard import ToneGuard
 from handlers import build_handlers
 from intents.understanding import Understander, shared_understander
@@ -37,6 +38,7 @@ class Service:
     outbox: OutboxDispatcher
     calendars: dict[str, BusinessCalendar]
     tone_guard: ToneGuard
+    sla: SlaRules
 
     @classmethod
     async def start(cls, settings: Settings, *, clock: Clock | None = None,
@@ -64,10 +66,11 @@ class Service:
                 await sync_agents(session, settings.agents, clock.now())
         dialogue = Dialogue(settings, knowledge, understander, build_handlers(),
                             calendars["default"])
-        pipeline = Pipeline(settings=settings, db=db, clock=clock, dialogue=dialogue,
+        sla = SlaRules(settings, calendars)
+        pipeline = Pipeline(settings=settings, db=db, clock=clock, dialogue=dialogue, sla=sla,
                             on_outbox=outbox.wake)
         return cls(settings, clock, db, knowledge, understander, pipeline, outbox, calendars,
-                   ToneGuard(knowledge.phrases))
+                   ToneGuard(knowledge.phrases), sla)
 
     async def close(self) -> None:
         await self.db.dispose()

@@ -237,8 +237,12 @@ def test_unknown_holidays_country_raises() -> None:
 def test_build_calendars_names_each_calendar() -> None:
     built = build_calendars(HoursSettings(), {"europe": HoursSettings(timezone="Europe/Berlin",
                                                                       holidays_country="DE")})
-    assert list(built) == ["default", "europe"]
+    assert list(built) == ["default", "europe", "always"]
     assert built["europe"].name == "europe" and built["europe"].timezone.key == "Europe/Berlin"
+    # "always" is the around-the-clock calendar of strategic customers' SLA clocks.
+    saturday_night = sh(2026, 12, 5, 23)
+    assert built["always"].is_open(saturday_night)
+    assert built["always"].add_working(saturday_night, 30 * MIN) == saturday_night + 30 * MIN
     assert built["default"].timezone.key == "Asia/Shanghai"
     with pytest.raises(CalendarError):
         build_calendars(HoursSettings(), {"bad": HoursSettings(holidays_country="XX")})

@@ -58,6 +58,17 @@ def delivery_error(exc: Exception) -> Exception:
     return TemporaryDeliveryError(f"slack: {type(exc).__name__}: {exc}")
 
 
+# Escalations that stay with the agents: the on-call page (broadcast in the agents'
+# channel) and the green channel's move to it.
+AGENTS_ESCALATIONS = ("escalation.green_channel", "escalation.after_hours_urgent")
+
+
+def supervised(delivery: Delivery) -> bool:
+    """SLA breaches, unclaimed hand-offs and low ratings go to the supervisors' channel."""
+    return delivery.kind == "sla_breach" or (
+        delivery.kind == "escalation" and delivery.template not in AGENTS_ESCALATIONS)
+
+
 class SlackChannel:
     name = "slack"
 
@@ -77,9 +88,13 @@ class SlackChannel:
         return self.calendar.timezone
 
     async def send(self, delivery: Delivery) -> str | None:
-        if delivery.conversation_id is None:
-            raise PermanentDeliveryError("slack: message has no conversation")
         try:
+            if delivery.conversation_id is None:
+                if delivery.kind != "report":
+                    raise PermanentDeliveryError("slack: message has no conversation")
+                response = await self.client.chat_postMessage(
+                    channel=self.settings.slack.agents_channel, text=escape(delivery.text))
+                return str(response.get("ts") or "") or None
             return await self._send(delivery, delivery.conversation_id)
         except (TimeoutError, SlackClientError, aiohttp.ClientError) as exc:
             raise delivery_error(exc) from exc
@@ -106,8 +121,23 @@ class SlackChannel:
                 text=self.texts["thread.moved"].format(channel=f"<#{channel}>")))
         else:
             channel, ts = threads[-1].slack_channel, threads[-1].thread_ts
+        text = self.thread_text(delivery, speaker)
+        if delivery.kind in ("sla_warning", "sla_breach"):
+            view = await self.view(conversation_id)
+            owner = view.owner if view is not None else None
+            if owner is not None and owner.slack_user_id:
+                text = f"<@{owner.slack_user_id}> {text}"
+        if supervised(delivery):
+            # Supervisors must see breaches and escalations: their channel first (retried
+            # until it works), then the conversation's thread (best effort).
+            response = await self.client.chat_postMessage(
+                channel=self.settings.slack.supervisors_channel,
+                text=f"{text}\n{self.texts['thread.link'].format(channel=f'<#{channel}>')}")
+            await self._best_effort(self.client.chat_postMessage(
+                channel=channel, thread_ts=ts, text=text))
+            return str(response.get("ts") or "") or None
         response = await self.client.chat_postMessage(
-            channel=channel, thread_ts=ts, text=self.thread_text(delivery, speaker),
+            channel=channel, thread_ts=ts, text=text,
             # Escalations must be seen: shown in the channel as well as in the thread.
             reply_broadcast=delivery.kind == "escalation")
         if delivery.kind == "handoff":

@@ -147,6 +147,9 @@ class Conversation(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     handed_off_at: Mapped[datetime | None]
+    survey_sent_at: Mapped[datetime | None]
+    satisfaction: Mapped[int | None]  # the customer's 1-5 rating after resolution
+    satisfaction_at: Mapped[datetime | None]
     last_inbound_at: Mapped[datetime | None]
     last_outbound_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
@@ -198,7 +201,8 @@ class OutboxItem(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), unique=True)
+    # None for messages that belong to no conversation (the monthly report to agents)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), unique=True)
     channel: Mapped[str] = mapped_column(String(32))
     chat: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -210,7 +214,7 @@ class OutboxItem(Base):
     sent_at: Mapped[datetime | None]
     external_id: Mapped[str | None] = mapped_column(String(128))
 
-    message: Mapped[Message] = relationship()
+    message: Mapped[Message | None] = relationship()
 
 
 class Order(Base):
@@ -232,6 +236,8 @@ class Order(Base):
     inspection: Mapped[dict[str, Any]] = mapped_column(default=dict)
     documents: Mapped[dict[str, Any]] = mapped_column(default=dict)
     delivered_at: Mapped[datetime | None]
+    progress_noted_at: Mapped[datetime | None]  # last weekly production note
+    followup_sent_at: Mapped[datetime | None]  # post-delivery follow-up
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -247,6 +253,7 @@ class OrderEvent(Base):
     stage: Mapped[str] = mapped_column(String(16))
     changes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     source: Mapped[str] = mapped_column(String(16), default="import")
+    notified_at: Mapped[datetime | None] = mapped_column(index=True)  # customer alerted
 
 
 class Quote(Base):
@@ -305,24 +312,32 @@ class OwnershipEvent(Base):
 
 
 class SlaClock(Base):
-    """A response-time clock in working time; the sweep reads only due, running clocks."""
+    """A response-time clock in working time (SPEC §6). ``next_check_at`` is when the sweep
+    must look at it next (the warning time, then the deadline, then never), so the sweep
+    reads only clocks that are due, through an index, however many are running."""
 
     __tablename__ = "sla_clocks"
-    __table_args__ = (Index("ix_sla_clocks_due", "status", "deadline_at"),)
+    __table_args__ = (Index("ix_sla_clocks_due", "status", "next_check_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
     kind: Mapped[str] = mapped_column(String(32))
+    # running | paused | met | breached
     status: Mapped[str] = mapped_column(String(16), default="running")
+    calendar: Mapped[str] = mapped_column(String(32), default="default")
     target_minutes: Mapped[int]
     started_at: Mapped[datetime]
+    segment_started_at: Mapped[datetime | None]  # when it last started or resumed
+    consumed_minutes: Mapped[int] = mapped_column(default=0)  # working minutes before that
     deadline_at: Mapped[datetime | None]
+    warn_at: Mapped[datetime | None]
+    next_check_at: Mapped[datetime | None]
     paused_at: Mapped[datetime | None]
     warned_at: Mapped[datetime | None]
     breached_at: Mapped[datetime | None]
     stopped_at: Mapped[datetime | None]
-    working_minutes: Mapped[int | None]
+    working_minutes: Mapped[int | None]  # the clock's working-time length when it stopped
 
 
 class SlackThread(Base):

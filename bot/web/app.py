@@ -31,7 +31,10 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
         if background:
             await service.pipeline.recover()
             tasks.append(asyncio.create_task(service.outbox.run(stop), name="outbox"))
-            tasks.append(asyncio.create_task(periodic_jobs(service, stop), name="jobs"))
+            if service.settings.scheduler.enabled:
+                from bot.scheduler import Scheduler
+
+                tasks.append(asyncio.create_task(Scheduler(service).run(stop), name="scheduler"))
             if bolt_app is not None and service.settings.slack.mode == "socket":
                 socket_mode = await start_socket_mode(bolt_app, service)
         try:
@@ -71,19 +74,3 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
 
     return app
 
-
-JOB_INTERVAL_SECONDS = 60.0
-
-
-async def periodic_jobs(service: Service, stop: asyncio.Event) -> None:
-    """Jobs that run every minute: for now the green channel's escalation of strategic
-    hand-offs an account manager has not taken in time."""
-    from bot.green_channel import escalate_unclaimed
-
-    while not stop.is_set():
-        try:
-            await escalate_unclaimed(service)
-        except Exception:  # a failed run is retried next minute; the server keeps going
-            log.exception("periodic job failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=JOB_INTERVAL_SECONDS)

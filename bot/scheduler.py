@@ -1,0 +1,125 @@
+"""One scheduler per deployment: APScheduler runs the jobs of ``bot.jobs`` in the process
+that holds a PostgreSQL advisory lock.
+
+Every ``supportbot serve`` process starts a ``Scheduler``; each tries to take the lock on a
+connection of its own. The one that gets it runs the jobs; the others retry every
+``[scheduler] lock_retry_seconds``. When the leader dies its connection closes, PostgreSQL
+releases the lock, and the next process to try takes over. With SQLite (one process) the
+process simply runs the jobs. The jobs themselves are idempotent, so even an overlap at a
+hand-over (a leader that lost its connection but was still finishing a run) sends nothing
+twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.jobs import JOBS, Job
+from bot.service import Service
+
+log = logging.getLogger(__name__)
+
+# pg_try_advisory_lock key: any constant shared by every process of one deployment.
+LOCK_KEY = 0x53555050_4F52  # "SUPPOR"
+MINUTELY = timedelta(minutes=1)
+
+
+class Scheduler:
+    def __init__(self, service: Service, jobs: Sequence[Job] = JOBS) -> None:
+        self.service = service
+        self.jobs = jobs
+        self.settings = service.settings.scheduler
+        self.is_leader = asyncio.Event()
+        self._lock_connection: AsyncConnection | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Take part in leader election until ``stop``; run the jobs while leading."""
+        while not stop.is_set():
+            if await self._acquire():
+                log.info("scheduler: this process (pid %d) runs the jobs", os.getpid())
+                scheduler = self._start_jobs()
+                self.is_leader.set()
+                try:
+                    await self._hold(stop)
+                finally:
+                    self.is_leader.clear()
+                    scheduler.shutdown(wait=False)
+                    await self._release()
+                if not stop.is_set():
+                    log.warning("scheduler: lost the lock; another process may take over")
+            await _wait(stop, self.settings.lock_retry_seconds)
+
+    def _start_jobs(self) -> AsyncIOScheduler:
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        for job in self.jobs:
+            seconds = self.settings.sweep_seconds if job.every <= MINUTELY \
+                else job.every.total_seconds()
+            # Each job runs once right away, then on its interval.
+            scheduler.add_job(self._run_job, IntervalTrigger(seconds=seconds), args=[job],
+                              id=job.name, max_instances=1, coalesce=True,
+                              misfire_grace_time=None, next_run_time=datetime.now(UTC))
+        scheduler.start()
+        return scheduler
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            done = await job.run(self.service)
+        except Exception:  # one failed run must not stop the schedule; the next run retries
+            log.exception("scheduler: job %s failed", job.name)
+            return
+        if done:
+            log.info("scheduler: %s: %d", job.name, done)
+
+    async def _acquire(self) -> bool:
+        db = self.service.db
+        if not db.is_postgres:
+            return True
+        try:
+            connection = await db.engine.connect()
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            got = await connection.scalar(text("SELECT pg_try_advisory_lock(:key)"),
+                                          {"key": LOCK_KEY})
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("scheduler: cannot reach the database for the lock: %s", exc)
+            return False
+        if not got:
+            await connection.close()
+            return False
+        self._lock_connection = connection
+        return True
+
+    async def _hold(self, stop: asyncio.Event) -> None:
+        """Return when ``stop`` is set or the lock's connection is gone."""
+        while not stop.is_set():
+            await _wait(stop, self.settings.lock_retry_seconds)
+            if self._lock_connection is None:
+                continue
+            try:
+                await self._lock_connection.scalar(text("SELECT 1"))
+            except (SQLAlchemyError, OSError):
+                return
+
+    async def _release(self) -> None:
+        connection, self._lock_connection = self._lock_connection, None
+        if connection is None:
+            return
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            await connection.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            await connection.close()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
