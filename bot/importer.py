@@ -432,8 +432,11 @@ async def _upsert_order(session: AsyncSession, record: OrderRecord, now: datetim
     order.updated_at = now
     await session.flush()
     if previous_stage != order.stage:
+        # A stage change of a known order alerts the customer (the order-alert job); a
+        # newly imported order does not, or a first import would message every customer.
         session.add(OrderEvent(order_id=order.id, at=now, stage=order.stage,
-                               changes={"stage": order.stage}, source=source))
+                               changes={"stage": order.stage}, source=source,
+                               notified_at=now if previous_stage is None else None))
     return order
 
 
