@@ -10,6 +10,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     [sys.executable, str(HERE / "intents_bench.py")],
     [sys.executable, str(HERE / "intents_bench.py"), "--detector", "langdetect"],
+    [sys.executable, str(HERE / "sla_sweep_bench.py"), "--postgres"],
 ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import String, cast, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Case, Contact, Conversation, Customer, Message, Order, OutboxItem
@@ -26,15 +26,20 @@ async def purge_expired(session: AsyncSession, cutoff: datetime, now: datetime) 
         update(Message).where(Message.created_at < cutoff, Message.text != "")
         .values(text="", attachments=[], entities={}).execution_options(synchronize_session=False))
     changed += result.rowcount  # type: ignore[attr-defined]
+    # A message still undelivered after the retention period is given up, then purged.
+    await session.execute(
+        update(OutboxItem).where(OutboxItem.created_at < cutoff, OutboxItem.status == "pending")
+        .values(status="failed", last_error="expired: personal data retention")
+        .execution_options(synchronize_session=False))
     result = await session.execute(
         update(OutboxItem).where(OutboxItem.created_at < cutoff,
-                                 OutboxItem.status != "pending",
                                  OutboxItem.chat.not_like(f"{ERASED_CHAT}%"))
         .values(payload={}, chat=ERASED_CHAT).execution_options(synchronize_session=False))
     changed += result.rowcount  # type: ignore[attr-defined]
     result = await session.execute(
         update(Case).where(Case.opened_at < cutoff,
-                           or_(Case.description.is_not(None), Case.evidence != []))
+                           or_(Case.description.is_not(None),
+                               cast(Case.evidence, String) != "[]"))
         .values(description=None, evidence=[]).execution_options(synchronize_session=False))
     changed += result.rowcount  # type: ignore[attr-defined]
 

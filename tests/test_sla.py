@@ -213,3 +213,42 @@ def test_monthly_complaint_report_once(tmp_path: Path) -> None:
     reports = [line for line in lines if line.get("kind") == "report"]
     assert len(reports) == 1 and reports[0]["at"] == "2026-12-01T08:00:00+08:00"
     assert "2026-11" in reports[0]["text"] and "(1)" in reports[0]["text"]
+
+
+def test_quiet_hours_move_a_message_to_the_morning() -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from bot.jobs import quiet_until
+
+    berlin = ZoneInfo("Europe/Berlin")
+    evening = datetime(2026, 12, 7, 22, 30, tzinfo=berlin)
+    assert quiet_until(evening, berlin, "21:00-08:00") == datetime(2026, 12, 8, 8, 0, tzinfo=berlin)
+    early = datetime(2026, 12, 8, 6, 0, tzinfo=berlin)
+    assert quiet_until(early, berlin, "21:00-08:00") == datetime(2026, 12, 8, 8, 0, tzinfo=berlin)
+    noon = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)
+    assert quiet_until(noon, berlin, "21:00-08:00") == noon
+    assert quiet_until(noon, berlin, "12:00-14:00") == datetime(2026, 12, 8, 14, 0, tzinfo=berlin)
+    assert quiet_until(evening, berlin, "") == evening
+
+
+def test_resolving_stops_every_clock_and_next_response_waits_on_people(
+        tmp_path: Path, database_url: str) -> None:
+    replay(
+        tmp_path,
+        says("2026-12-07T10:00:00+08:00", "I want to talk to a person"),
+        agent("2026-12-07T10:05:00+08:00", "agent-1", "take"),
+        agent("2026-12-07T10:10:00+08:00", "agent-1", "reply", text="Hello, how can I help?"),
+        says("2026-12-07T10:20:00+08:00", "Where is my shipment?"),
+        says("2026-12-07T10:25:00+08:00", "Any news?"),
+        agent("2026-12-07T11:00:00+08:00", "agent-1", "reply", text="It left Shanghai today."),
+        says("2026-12-07T11:30:00+08:00", "Thanks, and the documents?"),
+        agent("2026-12-07T12:00:00+08:00", "agent-1", "resolve"),
+        database=database_url)
+    clocks = sorted(((c.kind, c.status, c.working_minutes)
+                     for c in query(database_url, select(SlaClock))), key=str)
+    # next_response counts from the oldest unanswered message (10:20, not 10:25); the last
+    # one is stopped by the resolution.
+    assert clocks == sorted([
+        ("unclaimed_handoff", "met", 5), ("first_response", "met", 10),
+        ("next_response", "met", 40), ("next_response", "met", 30)], key=str)
