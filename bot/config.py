@@ -193,6 +193,16 @@ class TelegramSettings(Section):
     def enabled(self) -> bool:
         return self.token is not None
 
+    @model_validator(mode="after")
+    def _secret_for_webhook(self) -> TelegramSettings:
+        if self.token is not None and self.mode == "webhook" and self.webhook_secret is None:
+            raise ValueError("webhook_secret is required with mode = \"webhook\" (Telegram "
+                             "sends it with every update; updates without it are refused)")
+        if self.webhook_secret is not None and not re.fullmatch(
+                r"[A-Za-z0-9_-]{1,256}", self.webhook_secret.get_secret_value()):
+            raise ValueError("webhook_secret: 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return self
+
 
 class SlackSettings(Section):
     bot_token: SecretStr | None = None

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select, update
@@ -54,6 +54,9 @@ class OutboxDispatcher:
         self.settings = settings
         self._jitter = jitter
         self._wake = asyncio.Event()
+        # Told about every message that could not be delivered (the service tells the
+        # conversation's agents); nothing fails silently.
+        self.on_failed: Callable[[OutboxItem, str], Awaitable[None]] | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -117,6 +120,7 @@ class OutboxDispatcher:
             return False
         delivery = Delivery.from_payload(item.id, item.chat, item.payload)
         status, error, external_id, retry_after = "sent", None, None, None
+        parts_sent: int | None = None
         try:
             external_id = await self.channels[item.channel].send(delivery)
         except PermanentDeliveryError as exc:
@@ -125,8 +129,12 @@ class OutboxDispatcher:
         except (TimeoutError, TemporaryDeliveryError, OSError) as exc:
             status, error = "pending", str(exc)[:500] or type(exc).__name__
             retry_after = getattr(exc, "retry_after", None)
+            parts_sent = getattr(exc, "parts_sent", None)
         now = self.clock.now()
         values: dict[str, object] = {"status": status, "last_error": error}
+        if status == "pending" and parts_sent:
+            # The first parts of a long message arrived: the retry sends only the rest.
+            values["payload"] = {**item.payload, "parts_sent": parts_sent}
         if status == "sent":
             values.update(sent_at=now, external_id=external_id)
         elif status == "pending":
@@ -144,6 +152,11 @@ class OutboxDispatcher:
         async with self.db.sessions.begin() as session:
             await session.execute(update(OutboxItem).where(OutboxItem.id == item.id)
                                   .values(**values))
+        if values["status"] == "failed" and self.on_failed is not None:
+            try:
+                await self.on_failed(item, error or "failed")
+            except Exception:  # the failure itself is recorded on the row and logged
+                log.exception("outbox %d: could not report the failed delivery", item.id)
         return status == "sent"
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -10,6 +10,7 @@ from bot.channels import Channel, build_channels
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db.database import Database, DatabaseUnavailable
+from bot.db.models import Conversation, Message, OutboxItem
 from bot.dialogue import Dialogue
 from bot.knowledge import Knowledge
 from bot.outbox import OutboxDispatcher
@@ -17,6 +18,7 @@ from bot.ownership import sync_agents
 from bot.pipeline import Pipeline
 from bot.sla import SlaRules
 from bot.tone_guard import ToneGuard
+from bot.types import Reply
 from handlers import build_handlers
 from intents.understanding import Understander, shared_understander
 
@@ -69,8 +71,30 @@ class Service:
         sla = SlaRules(settings, calendars)
         pipeline = Pipeline(settings=settings, db=db, clock=clock, dialogue=dialogue, sla=sla,
                             on_outbox=outbox.wake)
-        return cls(settings, clock, db, knowledge, understander, pipeline, outbox, calendars,
-                   ToneGuard(knowledge.phrases), sla)
+        service = cls(settings, clock, db, knowledge, understander, pipeline, outbox, calendars,
+                      ToneGuard(knowledge.phrases), sla)
+        outbox.on_failed = service.report_failed_delivery
+        return service
+
+    async def report_failed_delivery(self, item: OutboxItem, error: str) -> None:
+        """A customer's message that can never be delivered (blocked bot, chat not found,
+        retries exhausted): the conversation's agents are told, in its thread."""
+        if item.message_id is None or item.payload.get("to") != "customer":
+            return
+        now = self.clock.now()
+        async with self.db.sessions.begin() as session:
+            message = await session.get(Message, item.message_id)
+            conversation = await session.get(Conversation, message.conversation_id) \
+                if message is not None else None
+            if conversation is None:
+                return
+            text = self.knowledge.agent_texts["escalation.delivery_failed"].format(
+                channel=item.channel, chat=item.chat, error=error[:200],
+                text=str(item.payload.get("text", ""))[:300])
+            await self.pipeline.queue_replies(session, conversation, [Reply(
+                text, kind="escalation", to="agents", template="escalation.delivery_failed")],
+                now)
+        self.outbox.wake()
 
     async def close(self) -> None:
         await self.db.dispose()

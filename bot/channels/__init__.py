@@ -25,6 +25,10 @@ def build_channels(settings: Settings, *, db: Database, clock: Clock,
                    agent_texts: dict[str, str], calendar: BusinessCalendar) -> dict[str, Channel]:
     """The channels a deployment delivers to: the web chat always, others when configured."""
     channels: dict[str, Channel] = {WebChatChannel.name: WebChatChannel()}
+    if settings.telegram.enabled:
+        from bot.channels.telegram import TelegramChannel
+
+        channels[TelegramChannel.name] = TelegramChannel(settings.telegram)
     if settings.slack.enabled:
         from bot.channels.slack import SlackChannel  # the SDK loads only when Slack is used
 

@@ -26,6 +26,7 @@ class Delivery:
     owner: str | None = None  # for the agents' side: who owns the conversation
     conversation_id: int | None = None
     template: str | None = None  # which knowledge text this is (e.g. escalation.green_channel)
+    parts_sent: int = 0  # parts of a long message already delivered by earlier attempts
 
     @classmethod
     def from_payload(cls, outbox_id: int, chat: str, payload: dict[str, Any]) -> Delivery:
@@ -34,15 +35,17 @@ class Delivery:
                    intent=payload.get("intent"), buttons=list(payload.get("buttons") or []),
                    attachments=list(payload.get("attachments") or []),
                    owner=payload.get("owner"), conversation_id=payload.get("conversation_id"),
-                   template=payload.get("template"))
+                   template=payload.get("template"), parts_sent=payload.get("parts_sent", 0))
 
 
 class TemporaryDeliveryError(Exception):
     """The platform may accept the message later (timeouts, 5xx, 429 with retry_after)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None,
+                 parts_sent: int | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.parts_sent = parts_sent  # a long message split in parts: how many went out
 
 
 class PermanentDeliveryError(Exception):

@@ -60,7 +60,8 @@ def delivery_error(exc: Exception) -> Exception:
 
 # Escalations that stay with the agents: the on-call page (broadcast in the agents'
 # channel) and the green channel's move to it.
-AGENTS_ESCALATIONS = ("escalation.green_channel", "escalation.after_hours_urgent")
+AGENTS_ESCALATIONS = ("escalation.green_channel", "escalation.after_hours_urgent",
+                      "escalation.delivery_failed")
 
 
 def supervised(delivery: Delivery) -> bool:

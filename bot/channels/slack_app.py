@@ -36,6 +36,7 @@ from bot.channels.slack import SlackChannel
 from bot.channels.slack_blocks import transfer_offer
 from bot.db.models import Agent
 from bot.service import Service
+from bot.web.limits import read_body
 
 log = logging.getLogger(__name__)
 
@@ -281,19 +282,14 @@ def build_router(app: AsyncApp) -> APIRouter:
 
     @router.post(WEBHOOK_PATH, include_in_schema=False)
     async def slack_events(request: Request) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return Response("request too large", status_code=413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > MAX_BODY_BYTES:
-                return Response("request too large", status_code=413)
+        body = await read_body(request, MAX_BODY_BYTES)
+        if isinstance(body, Response):
+            return body
         try:
             body.decode("utf-8")
         except UnicodeDecodeError:
             return Response("body is not UTF-8", status_code=400)
-        bolt_response = await app.async_dispatch(to_async_bolt_request(request, bytes(body)))
+        bolt_response = await app.async_dispatch(to_async_bolt_request(request, body))
         return to_starlette_response(bolt_response)
 
     return router

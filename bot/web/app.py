@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
@@ -15,6 +16,9 @@ from fastapi.staticfiles import StaticFiles
 from bot.db.database import DatabaseUnavailable
 from bot.service import Service
 from bot.web.webchat import build_router
+
+if TYPE_CHECKING:
+    from bot.channels.telegram import TelegramChannel
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -37,6 +41,8 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
                 tasks.append(asyncio.create_task(Scheduler(service).run(stop), name="scheduler"))
             if bolt_app is not None and service.settings.slack.mode == "socket":
                 socket_mode = await start_socket_mode(bolt_app, service)
+            if telegram is not None:
+                tasks.extend(await start_telegram(service, telegram, stop))
         try:
             yield
         finally:
@@ -45,7 +51,12 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
             if socket_mode is not None:
                 await socket_mode.close_async()
             for task in tasks:
-                await task
+                if task.get_name() == "telegram-polling":
+                    task.cancel()  # a long poll can take 25 s to return by itself
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if telegram is not None:
+                await telegram.close()
 
     bolt_app = None
     if service.settings.slack.enabled:
@@ -53,11 +64,21 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
         from bot.channels.slack_app import build_router as slack_router
 
         bolt_app, _ = build_bolt_app(service)
+    telegram = None
+    if service.settings.telegram.enabled:
+        from bot.channels.telegram import TelegramChannel
+
+        candidate = service.outbox.channels.get("telegram")
+        telegram = candidate if isinstance(candidate, TelegramChannel) else None
     app = FastAPI(title="supportbot", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.include_router(build_router(service))
     if bolt_app is not None and service.settings.slack.mode == "http":
         app.include_router(slack_router(bolt_app))
+    if telegram is not None and service.settings.telegram.mode == "webhook":
+        from bot.channels.telegram_inbound import build_router as telegram_router
+
+        app.include_router(telegram_router(service, telegram))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -73,4 +94,21 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
         return JSONResponse({"status": "ok", "database": "ok"})
 
     return app
+
+
+async def start_telegram(service: Service, telegram: TelegramChannel,
+                         stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """Register the webhook (or drop it for polling) and start polling if configured.
+    Telegram being unreachable at start-up does not stop the server: it is logged."""
+    from telegram.error import TelegramError
+
+    from bot.channels.telegram_inbound import configure_webhook, poll
+
+    try:
+        await configure_webhook(service, telegram)
+    except TelegramError as exc:
+        log.error("telegram: cannot configure the webhook or polling: %s", exc)
+    if service.settings.telegram.mode != "polling":
+        return []
+    return [asyncio.create_task(poll(service, telegram, stop), name="telegram-polling")]
 
