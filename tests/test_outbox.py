@@ -56,8 +56,13 @@ async def test_permanent_failure_marks_failed_and_nothing_is_dropped(
         service: Service, chat: Any, channels: Any) -> None:
     channels["telegram"].failures.append(PermanentDeliveryError("403 bot was blocked"))
     await chat.say("hello")
-    [row] = await outbox_rows(service)
+    rows = await outbox_rows(service)
+    [row] = [r for r in rows if r.channel == "telegram"]
     assert (row.status, row.last_error) == ("failed", "403 bot was blocked")
+    # ... and the agents are told, in the conversation's thread.
+    [notice] = [r for r in rows if r.channel == "slack"]
+    assert notice.payload["template"] == "escalation.delivery_failed"
+    assert "403 bot was blocked" in notice.payload["text"]
 
 
 async def test_gives_up_after_max_attempts(service: Service, chat: Any, channels: Any,
@@ -68,8 +73,11 @@ async def test_gives_up_after_max_attempts(service: Service, chat: Any, channels
     for _ in range(4):
         clock.set(clock.now() + timedelta(hours=1))
         await service.outbox.dispatch_due()
-    [row] = await outbox_rows(service)
+    rows = await outbox_rows(service)
+    [row] = [r for r in rows if r.channel == "telegram"]
     assert (row.status, row.attempts) == ("failed", 3)
+    assert [r.payload["template"] for r in rows if r.channel == "slack"] == [
+        "escalation.delivery_failed"]
 
 
 async def test_replies_to_one_chat_keep_their_order(service: Service, make_chat: Any,
