@@ -135,7 +135,7 @@ async def _perform(service: Service, session: Any, outcome: ActionOutcome, chat:
             await service.pipeline.queue_replies(
                 session, conversation, [Reply(text or "", kind="relay", lang=lang)], now,
                 agent_id=agent.id)
-            await service.sla.after_agent_reply(session, conversation.id, now)
+            await service.sla.after_agent_reply(session, conversation.id, now, text or "")
             result = ownership.OwnershipResult("reply", True, agent_ref)
         else:
             session.add(Message(conversation_id=conversation.id, direction="out",

@@ -246,27 +246,41 @@ async def remember_thread(session: AsyncSession, conversation_id: int, slack_cha
 async def set_route(session: AsyncSession, conversation_id: int, route: str) -> None:
     conversation = await session.get(Conversation, conversation_id)
     if conversation is not None:
-        conversation.context = {**(conversation.context or {}), "slack_route": route}
+        conversation.handoff_route = route
 
 
 async def unclaimed_green_channel(session: AsyncSession, now: datetime, sla: SlaSettings,
                                   calendar: BusinessCalendar) -> list[int]:
     """Strategic customers' hand-offs that their account manager has not taken within the
-    first-response target: their card is still only in the manager's direct messages."""
+    first-response target: their card is still only in the manager's direct messages.
+    Read through the (status, handoff_route) index: only hand-offs still with a manager."""
+    horizon = now - min(sla.first_response, sla.first_response_urgent)
     rows = (await session.execute(
         select(Conversation, Customer)
         .join(Customer, Customer.id == Conversation.customer_id)
-        .where(Conversation.status == "handed_off", Conversation.owner_id.is_(None),
-               Customer.strategic.is_(True), Conversation.handed_off_at.is_not(None))
-        .order_by(Conversation.id).limit(500))).all()
+        .where(Conversation.status == "handed_off",
+               Conversation.handoff_route == ACCOUNT_MANAGER_ROUTE,
+               Conversation.owner_id.is_(None), Conversation.handed_off_at <= horizon)
+        .order_by(Conversation.handed_off_at).limit(500))).all()
     due: list[int] = []
     for conversation, customer in rows:
-        if (conversation.context or {}).get("slack_route") != ACCOUNT_MANAGER_ROUTE:
-            continue
         deadline = first_response_deadline(conversation, customer, sla, calendar)
         if deadline is not None and deadline <= now:
             due.append(conversation.id)
     return due
+
+
+async def next_green_channel_check(session: AsyncSession, sla: SlaSettings,
+                                   calendar: BusinessCalendar) -> datetime | None:
+    """When the next green-channel hand-off falls due (replay runs the job exactly then)."""
+    rows = (await session.execute(
+        select(Conversation, Customer)
+        .join(Customer, Customer.id == Conversation.customer_id)
+        .where(Conversation.status == "handed_off",
+               Conversation.handoff_route == ACCOUNT_MANAGER_ROUTE,
+               Conversation.owner_id.is_(None)).limit(500))).all()
+    deadlines = [first_response_deadline(c, customer, sla, calendar) for c, customer in rows]
+    return min((d for d in deadlines if d is not None), default=None)
 
 
 def day_start(now: datetime, calendar: BusinessCalendar) -> datetime:

@@ -52,7 +52,8 @@ class Dialogue:
             message=message, understanding=understanding, lang=lang,
         )
         if conversation.status == "resolved":
-            # Only a rating reaches a resolved conversation (the pipeline routes it here).
+            # Only the survey's answer reaches a resolved conversation (the pipeline stored
+            # the rating; anything else went to a new conversation).
             return understanding, self._rating(ctx)
         replies = await self._command(ctx)
         if replies is not None:
@@ -73,11 +74,9 @@ class Dialogue:
 
     def _rating(self, ctx: HandlerContext) -> list[Reply]:
         from bot.handoff import describe_customer
-        from bot.pipeline import parse_rating
 
-        rating = parse_rating(ctx.message.text) or 0
         conversation = ctx.conversation
-        conversation.satisfaction, conversation.satisfaction_at = rating, ctx.now
+        rating = conversation.satisfaction or 0  # stored by the pipeline, once
         if rating >= 3:
             return [ctx.reply("survey.thanks")]
         agents = ctx.knowledge.agent_texts

@@ -30,12 +30,11 @@ async def escalate_unclaimed(service: Service) -> int:
             if service.db.is_postgres:  # re-read under a lock: another process may act too
                 query = query.with_for_update()
             conversation = (await session.execute(query)).scalar_one()
-            context = dict(conversation.context or {})
             if conversation.owner_id is not None or \
-                    context.get("slack_route") != ACCOUNT_MANAGER_ROUTE:
+                    conversation.handoff_route != ACCOUNT_MANAGER_ROUTE:
                 continue
             customer = await session.get(Customer, conversation.customer_id)
-            conversation.context = {**context, "slack_route": CHANNEL_ROUTE}
+            conversation.handoff_route = CHANNEL_ROUTE
             target = first_response_target(conversation.priority, service.settings.sla)
             text = texts["escalation.green_channel"].format(
                 customer=describe_customer_record(customer, texts),

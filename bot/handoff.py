@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # handlers import this module; at run time no import is neede
 
 PRIORITY_ORDER = ("normal", "high", "urgent")
 AGENTS_CHANNEL = "slack"
-ACCOUNT_MANAGER_ROUTE = "account_manager"  # context["slack_route"]: the card goes to a DM
+ACCOUNT_MANAGER_ROUTE = "account_manager"  # conversations.handoff_route: the card goes to a DM
 CHANNEL_ROUTE = "channel"
 
 
@@ -48,11 +48,10 @@ def request_handoff(ctx: HandlerContext, reason: str, *, priority: str | None = 
     if ctx.customer is not None and ctx.customer.strategic:
         priority = raise_priority("high", priority)  # the green channel: strategic first
         if ctx.customer.account_manager and conversation.owner_id is None \
-                and not (conversation.context or {}).get("slack_route"):
+                and conversation.handoff_route is None:
             # Their account manager sees the hand-off first, in a direct message; if it is
             # not taken within the first-response target it moves to the agents' channel.
-            conversation.context = {**(conversation.context or {}),
-                                    "slack_route": ACCOUNT_MANAGER_ROUTE}
+            conversation.handoff_route = ACCOUNT_MANAGER_ROUTE
     conversation.priority = raise_priority(conversation.priority, priority)
     agents = ctx.knowledge.agent_texts
     text = agents["handoff"].format(

@@ -16,6 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
@@ -68,6 +69,17 @@ class CustomerRecord(Record):
     def _language(cls, value: str | None) -> str | None:
         if value is not None and value not in ALL_LANGUAGES:
             raise ValueError(f"unsupported language; use one of {', '.join(ALL_LANGUAGES)}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {value!r} (e.g. Europe/Berlin)") from None
         return value
 
 
@@ -424,20 +436,36 @@ async def _upsert_order(session: AsyncSession, record: OrderRecord, now: datetim
         order = Order(number=record.number, customer_id=customer_id, stage=record.stage,
                       created_at=now, updated_at=now)
         session.add(order)
-    previous_stage = order.stage if order.id else None
+    known = order.id is not None
     fields = record.model_dump(exclude={"number", "customer"})
+    changes = {name: {"from": _jsonable(getattr(order, name)), "to": _jsonable(value)}
+               for name, value in fields.items() if known and getattr(order, name) != value}
     for name, value in fields.items():
         setattr(order, name, value)
     order.customer_id = customer_id
     order.updated_at = now
+    _stage_facts(order, now, entered=not known or "stage" in changes)
     await session.flush()
-    if previous_stage != order.stage:
-        # A stage change of a known order alerts the customer (the order-alert job); a
-        # newly imported order does not, or a first import would message every customer.
+    if not known:
+        # Recorded, but announced to nobody: a first import must not message every customer.
         session.add(OrderEvent(order_id=order.id, at=now, stage=order.stage,
-                               changes={"stage": order.stage}, source=source,
-                               notified_at=now if previous_stage is None else None))
+                               changes={"stage": order.stage}, source=source, notified_at=now))
+    elif changes:
+        # A change of a known order (stage, ETA...) is an order event like any other: the
+        # order-alert job tells the customer.
+        session.add(OrderEvent(order_id=order.id, at=now, stage=order.stage, changes=changes,
+                               source=source))
     return order
+
+
+def _stage_facts(order: Order, now: datetime, entered: bool) -> None:
+    """Timestamps the proactive jobs count from, set when an order enters a stage."""
+    if not entered:
+        return
+    if order.stage == "delivered" and order.delivered_at is None:
+        order.delivered_at = now
+    if order.stage == "in_production":
+        order.progress_noted_at = now  # the weekly note counts from here
 
 
 async def apply_order_event(session: AsyncSession, record: OrderEventRecord, at: datetime,
@@ -454,8 +482,7 @@ async def apply_order_event(session: AsyncSession, record: OrderEventRecord, at:
             previous = getattr(order, name)
             changes[name] = {"from": _jsonable(previous), "to": _jsonable(value)}
             setattr(order, name, value)
-    if record.stage == "delivered" and order.delivered_at is None:
-        order.delivered_at = at
+    _stage_facts(order, at, entered="stage" in changes)
     order.updated_at = at
     session.add(OrderEvent(order_id=order.id, at=at, stage=order.stage, changes=changes,
                            source=source))

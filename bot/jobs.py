@@ -11,12 +11,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.agent_desk import next_green_channel_check
 from bot.db.models import (
     Case,
     Contact,
@@ -46,6 +48,9 @@ class Job:
     name: str
     every: timedelta
     run: Callable[[Service], Awaitable[int]]
+    # When the job next has work (None: nothing known to be due). Replay uses it to run the
+    # job at that very moment; the scheduler simply runs jobs on their interval.
+    next_due: Callable[[Service], Awaitable[datetime | None]] | None = None
 
 
 # --- SLA ------------------------------------------------------------------------------------
@@ -171,8 +176,6 @@ async def order_alerts(service: Service) -> int:
     """Stage changes and ETA slips of more than ``[proactive] delay_threshold``, once per
     order event."""
     now = service.clock.now()
-    threshold = service.settings.proactive.delay_threshold
-    texts = service.knowledge.agent_texts
     sent = 0
     async with service.db.sessions.begin() as session:
         query = select(OrderEvent).where(OrderEvent.notified_at.is_(None)) \
@@ -181,36 +184,52 @@ async def order_alerts(service: Service) -> int:
             query = query.with_for_update(skip_locked=True)
         for event in (await session.execute(query)).scalars():
             event.notified_at = now
-            order = await session.get(Order, event.order_id)
-            customer = await session.get(Customer, order.customer_id) if order else None
-            if order is None or customer is None:
-                continue
-            values = order_values(order)
-            changes = event.changes or {}
-            if "stage" in changes:
-                lang = await _customer_language(service, session, customer, now)
-                status = service.knowledge.templates.render(f"order.stage.{order.stage}", lang,
-                                                            **values)
-                sent += await tell_customer(service, session, customer, "alert",
-                                            "alert.stage_changed", now, number=order.number,
-                                            status=status)
-                if order.stage == "in_production":
-                    order.progress_noted_at = now
-            slip = _eta_slip(changes.get("eta"))
-            if slip is not None and slip > threshold:
-                eta = changes["eta"]
-                lang = await _customer_language(service, session, customer, now)
-                plan = str(changes.get("note") or "") or service.knowledge.templates.render(
-                    "alert.delay_plan", lang)
-                agents_text = texts["alert.delay_agents"].format(
-                    order=order.number, customer=describe_customer_record(customer, texts),
-                    old_eta=eta["from"], new_eta=eta["to"], days=slip.days)
-                sent += await tell_customer(
-                    service, session, customer, "alert", "alert.delay", now,
-                    agents_text=agents_text, number=order.number, old_eta=eta["from"],
-                    new_eta=eta["to"], days=slip.days, plan=plan)
+            sent += await _each(f"order event {event.id}",
+                                _alert_for_event(service, session, event, now), session)
     _wake(service, sent)
     return sent
+
+
+async def _alert_for_event(service: Service, session: AsyncSession, event: OrderEvent,
+                           now: datetime) -> int:
+    order = await session.get(Order, event.order_id)
+    customer = await session.get(Customer, order.customer_id) if order else None
+    if order is None or customer is None:
+        return 0
+    texts = service.knowledge.agent_texts
+    values = order_values(order)
+    changes = event.changes or {}
+    sent = 0
+    if "stage" in changes:
+        lang = await _customer_language(service, session, customer, now)
+        status = service.knowledge.templates.render(f"order.stage.{order.stage}", lang, **values)
+        sent += await tell_customer(service, session, customer, "alert", "alert.stage_changed",
+                                    now, number=order.number, status=status)
+    slip = _eta_slip(changes.get("eta"))
+    if slip is not None and slip > service.settings.proactive.delay_threshold:
+        eta = changes["eta"]
+        lang = await _customer_language(service, session, customer, now)
+        plan = str(changes.get("note") or "") or service.knowledge.templates.render(
+            "alert.delay_plan", lang)
+        agents_text = texts["alert.delay_agents"].format(
+            order=order.number, customer=describe_customer_record(customer, texts),
+            old_eta=eta["from"], new_eta=eta["to"], days=slip.days)
+        sent += await tell_customer(
+            service, session, customer, "alert", "alert.delay", now, agents_text=agents_text,
+            number=order.number, old_eta=eta["from"], new_eta=eta["to"], days=slip.days,
+            plan=plan)
+    return sent
+
+
+async def _each(what: str, work: Awaitable[int | bool], session: AsyncSession) -> int:
+    """One item of a job in a savepoint: a bad record is logged and skipped (marked done
+    by the caller), and the rest of the batch still goes out."""
+    try:
+        async with session.begin_nested():
+            return int(await work)
+    except (SQLAlchemyError, LookupError, ValueError, KeyError) as exc:
+        log.error("job: %s skipped: %s", what, exc)
+        return 0
 
 
 def _eta_slip(change: object) -> timedelta | None:
@@ -238,20 +257,21 @@ async def progress_notes(service: Service) -> int:
     async with service.db.sessions.begin() as session:
         query = select(Order).where(
             Order.stage == "in_production",
-            or_(Order.progress_noted_at <= now - every,
-                Order.progress_noted_at.is_(None) & (Order.updated_at <= now - every))
+            or_(Order.progress_noted_at <= now - every, Order.progress_noted_at.is_(None))
         ).order_by(Order.id).limit(BATCH)
         if service.db.is_postgres:
             query = query.with_for_update(skip_locked=True)
         for order in (await session.execute(query)).scalars():
+            first_sight = order.progress_noted_at is None  # counting starts now
             order.progress_noted_at = now
             customer = await session.get(Customer, order.customer_id)
-            if customer is None:
+            if customer is None or first_sight:
                 continue
             values = order_values(order)
-            sent += await tell_customer(service, session, customer, "alert", "alert.progress",
-                                        now, number=order.number, progress=values["progress"],
-                                        etd=values["etd"], eta=values["eta"])
+            sent += await _each(order.number, tell_customer(
+                service, session, customer, "alert", "alert.progress", now,
+                number=order.number, progress=values["progress"], etd=values["etd"],
+                eta=values["eta"]), session)
     _wake(service, sent)
     return sent
 
@@ -271,8 +291,9 @@ async def delivery_followups(service: Service) -> int:
             order.followup_sent_at = now
             customer = await session.get(Customer, order.customer_id)
             if customer is not None:
-                sent += await tell_customer(service, session, customer, "followup",
-                                            "followup.delivered", now, number=order.number)
+                sent += await _each(order.number, tell_customer(
+                    service, session, customer, "followup", "followup.delivered", now,
+                    number=order.number), session)
     _wake(service, sent)
     return sent
 
@@ -332,13 +353,65 @@ async def green_channel(service: Service) -> int:
     return await escalate_unclaimed(service)
 
 
+# --- when each job next has work (for replay) ----------------------------------------------
+
+async def _scalar(service: Service, query: Any) -> Any:
+    async with service.db.sessions() as session:
+        return await session.scalar(query)
+
+
+async def _sweep_due(service: Service) -> datetime | None:
+    async with service.db.sessions() as session:
+        return await service.sla.next_check(session)
+
+
+async def _green_channel_due(service: Service) -> datetime | None:
+    async with service.db.sessions() as session:
+        return await next_green_channel_check(session, service.settings.sla,
+                                              service.calendars["default"])
+
+
+async def _order_alerts_due(service: Service) -> datetime | None:
+    return await _scalar(service, select(func.min(OrderEvent.at))
+                         .where(OrderEvent.notified_at.is_(None)))
+
+
+async def _followups_due(service: Service) -> datetime | None:
+    first = await _scalar(service, select(func.min(Order.delivered_at)).where(
+        Order.delivered_at.is_not(None), Order.followup_sent_at.is_(None)))
+    return first + service.settings.sla.delivery_followup if first else None
+
+
+async def _progress_due(service: Service) -> datetime | None:
+    unseen = await _scalar(service, select(func.count()).select_from(Order).where(
+        Order.stage == "in_production", Order.progress_noted_at.is_(None)))
+    if unseen:
+        return service.clock.now()
+    last = await _scalar(service, select(func.min(Order.progress_noted_at))
+                         .where(Order.stage == "in_production"))
+    return last + service.settings.proactive.progress_every if last else None
+
+
+async def _monthly_report_due(service: Service) -> datetime | None:
+    tz = service.calendars["default"].timezone
+    local = service.clock.now().astimezone(tz)
+    month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    previous = (month_start - timedelta(days=1)).strftime("%Y-%m")
+    done = await _scalar(service, select(ProcessedEvent.key).where(
+        ProcessedEvent.key == f"job:monthly_report:{previous}"))
+    if done is None and local.day <= REPORT_CATCH_UP_DAYS:
+        return service.clock.now()
+    next_month = (month_start + timedelta(days=32)).replace(day=1)
+    return next_month.astimezone(service.clock.now().tzinfo)
+
+
 JOBS: tuple[Job, ...] = (
-    Job("sla_sweep", timedelta(minutes=1), sla_sweep),
-    Job("green_channel", timedelta(minutes=1), green_channel),
-    Job("order_alerts", timedelta(minutes=1), order_alerts),
-    Job("delivery_followups", timedelta(minutes=5), delivery_followups),
-    Job("progress_notes", timedelta(hours=1), progress_notes),
-    Job("monthly_report", timedelta(hours=1), monthly_report),
+    Job("sla_sweep", timedelta(minutes=1), sla_sweep, _sweep_due),
+    Job("green_channel", timedelta(minutes=1), green_channel, _green_channel_due),
+    Job("order_alerts", timedelta(minutes=1), order_alerts, _order_alerts_due),
+    Job("delivery_followups", timedelta(minutes=5), delivery_followups, _followups_due),
+    Job("progress_notes", timedelta(hours=1), progress_notes, _progress_due),
+    Job("monthly_report", timedelta(hours=1), monthly_report, _monthly_report_due),
     Job("retention", timedelta(days=1), retention),
 )
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -202,12 +202,14 @@ class Pipeline:
                 raise LookupError(f"message {message_id} not found")
             if claimed.rowcount == 0:  # type: ignore[attr-defined]
                 return Processed(message.id, message.conversation_id, None)
-            query = (select(Conversation).where(Conversation.id == message.conversation_id)
-                     .options(selectinload(Conversation.contact),
-                              selectinload(Conversation.customer)))
-            if self.db.is_postgres:  # one worker at a time per conversation
-                query = query.with_for_update(of=Conversation)
-            conversation = (await session.execute(query)).scalar_one()
+            conversation = await self._locked_conversation(session, message.conversation_id)
+            if conversation.status == "resolved" and not await self._store_rating(
+                    session, conversation, message, now):
+                # Not (or no longer) the survey's answer: the message starts a new
+                # conversation, like any message after a resolution.
+                fresh = await self._open_conversation(session, conversation.contact, now)
+                message.conversation_id = fresh.id
+                conversation = await self._locked_conversation(session, fresh.id)
             customer = conversation.customer
             if customer is None and conversation.contact.customer_id is not None:
                 customer = await session.get(Customer, conversation.contact.customer_id)
@@ -224,6 +226,34 @@ class Pipeline:
             outbox_ids = await self.queue_replies(session, conversation, replies, now)
         self.on_outbox()
         return Processed(message.id, conversation.id, understanding, replies, outbox_ids)
+
+    async def _locked_conversation(self, session: AsyncSession,
+                                   conversation_id: int) -> Conversation:
+        query = (select(Conversation).where(Conversation.id == conversation_id)
+                 .options(selectinload(Conversation.contact),
+                          selectinload(Conversation.customer))
+                 .execution_options(populate_existing=True))
+        if self.db.is_postgres:  # one worker at a time per conversation
+            query = query.with_for_update(of=Conversation)
+        return (await session.execute(query)).scalar_one()
+
+    async def _store_rating(self, session: AsyncSession, conversation: Conversation,
+                            message: Message, now: datetime) -> bool:
+        """Record a survey answer once (a conditional update: two quick answers cannot
+        both count). False when the message is not a rating the conversation awaits."""
+        rating = parse_rating(message.text)
+        if rating is None or conversation.survey_sent_at is None:
+            return False
+        question = await session.scalar(select(func.max(Message.id)).where(
+            Message.conversation_id == conversation.id, Message.kind == "survey"))
+        if question is None or message.id < question:
+            return False  # written before the question was asked: not an answer to it
+        stored = await session.execute(
+            update(Conversation).where(Conversation.id == conversation.id,
+                                       Conversation.satisfaction.is_(None))
+            .values(satisfaction=rating, satisfaction_at=now))
+        await session.refresh(conversation)
+        return stored.rowcount == 1  # type: ignore[attr-defined]
 
     async def queue_replies(self, session: AsyncSession, conversation: Conversation,
                             replies: list[Reply], now: datetime,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import String, cast, func, or_, select, update
+from sqlalchemy import String, cast, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Case, Contact, Conversation, Customer, Message, Order, OutboxItem
@@ -43,17 +43,15 @@ async def purge_expired(session: AsyncSession, cutoff: datetime, now: datetime) 
         .values(description=None, evidence=[]).execution_options(synchronize_session=False))
     changed += result.rowcount  # type: ignore[attr-defined]
 
-    last_seen = func.coalesce(Contact.last_seen_at, Contact.created_at)
-    stale_contacts = list((await session.execute(
-        select(Contact).where(last_seen < cutoff, Contact.chat.not_like(f"{ERASED_CHAT}%"))
-    )).scalars())
-    for contact in stale_contacts:
-        erased = f"{ERASED_CHAT}{contact.id}"
-        await session.execute(
-            update(Conversation).where(Conversation.contact_id == contact.id)
-            .values(chat=erased).execution_options(synchronize_session=False))
-        contact.chat, contact.display_name, contact.language_hint = erased, None, None
-        changed += 1
+    # Conversations untouched since the cutoff: what flows and context remembered (an
+    # e-mail typed into the verification flow, for one).
+    result = await session.execute(
+        update(Conversation).where(Conversation.updated_at < cutoff,
+                                   or_(cast(Conversation.flow_state, String) != "{}",
+                                       cast(Conversation.context, String) != "{}"))
+        .values(flow_state={}, context={}, flow=None)
+        .execution_options(synchronize_session=False))
+    changed += result.rowcount  # type: ignore[attr-defined]
 
     recent_conversation = select(Conversation.id).where(
         Conversation.customer_id == Customer.id, Conversation.updated_at >= cutoff).exists()
@@ -68,4 +66,24 @@ async def purge_expired(session: AsyncSession, cutoff: datetime, now: datetime) 
         .values(contact_name=None, email=None, phone=None, erased_at=now)
         .execution_options(synchronize_session=False))
     changed += result.rowcount  # type: ignore[attr-defined]
+
+    # Chat ids: of people who wrote, last before the cutoff; of contacts who never wrote,
+    # only when nobody needs them (no customer, or a customer whose data is erased), since
+    # an imported chat of an active customer is how the bot reaches them.
+    erased_customer = select(Customer.id).where(Customer.id == Contact.customer_id,
+                                                Customer.erased_at.is_not(None)).exists()
+    stale_contacts = list((await session.execute(
+        select(Contact).where(
+            Contact.chat.not_like(f"{ERASED_CHAT}%"),
+            or_(Contact.last_seen_at < cutoff,
+                Contact.last_seen_at.is_(None) & (Contact.created_at < cutoff)
+                & (Contact.customer_id.is_(None) | erased_customer)))
+    )).scalars())
+    for contact in stale_contacts:
+        erased = f"{ERASED_CHAT}{contact.id}"
+        await session.execute(
+            update(Conversation).where(Conversation.contact_id == contact.id)
+            .values(chat=erased).execution_options(synchronize_session=False))
+        contact.chat, contact.display_name, contact.language_hint = erased, None, None
+        changed += 1
     return changed

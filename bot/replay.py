@@ -216,29 +216,33 @@ class Replayer:
         await order_alerts(self.service)
 
     async def _sweep_until(self, until: datetime) -> None:
-        """Before a tick, live through the time since the last event: run the SLA sweep at
-        each instant a clock fell due and deliver each queued message when it became due
-        (quiet hours, retries), so every line carries the time it happened."""
-        from bot.jobs import sla_sweep
+        """Before a tick, live through the time since the last event: run each job at the
+        moment it had work (an SLA warning at 10:06, a breach at 10:30, a follow-up 48 h
+        after delivery) and deliver each queued message when it became due (quiet hours,
+        retries), so every line carries the time it happened."""
+        from bot.jobs import JOBS
 
         for _ in range(100_000):  # each round moves time on; the bound only guards a bug
+            dues = {job.name: await job.next_due(self.service) for job in JOBS if job.next_due}
             async with self.service.db.sessions() as session:
-                sweep_due = await self.service.sla.next_check(session)
-                send_due = await session.scalar(
+                dues["outbox"] = await session.scalar(
                     select(func.min(OutboxItem.next_attempt_at))
                     .where(OutboxItem.status == "pending"))
-            due = min((t for t in (sweep_due, send_due) if t is not None), default=None)
+            due = min((t for t in dues.values() if t is not None), default=None)
             if due is None or due >= until:
                 return
             moved = due > self.clock.now()
             if moved:
                 self.clock.set(due)
-            swept = sweep_due is not None and sweep_due <= self.clock.now()
-            if swept:
-                await sla_sweep(self.service)
-            sent = await self.service.outbox.dispatch_due(limit=1)
-            if not (moved or swept or sent):
-                return  # what is due cannot be delivered here (a channel replay lacks)
+            now = self.clock.now()
+            done = 0
+            for job in JOBS:
+                job_due = dues.get(job.name)
+                if job_due is not None and job_due <= now:
+                    done += await job.run(self.service)
+            done += await self.service.outbox.dispatch_due(limit=1)
+            if not (moved or done):
+                return  # what is due cannot be done here (e.g. a channel replay lacks)
 
     async def _tick(self, event: Event) -> None:
         """Run the jobs due now. The clock already stands at the tick's time; SLA warnings

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # pg_try_advisory_lock key: any constant shared by every process of one deployment.
 LOCK_KEY = 0x53555050_4F52  # "SUPPOR"
 MINUTELY = timedelta(minutes=1)
+# Server-side TCP keepalive on the lock's connection: a vanished leader is dropped, and its
+# lock released, after about 30 + 3 x 10 seconds.
+KEEPALIVE_SETTINGS = ("SET tcp_keepalives_idle = 30", "SET tcp_keepalives_interval = 10",
+                      "SET tcp_keepalives_count = 3")
 
 
 class Scheduler:
@@ -85,16 +89,23 @@ class Scheduler:
         db = self.service.db
         if not db.is_postgres:
             return True
+        connection: AsyncConnection | None = None
         try:
             connection = await db.engine.connect()
             await connection.execution_options(isolation_level="AUTOCOMMIT")
+            # If this host dies without closing the socket, the server must notice soon
+            # (not after the system's default two hours) so another process takes over.
+            for setting in KEEPALIVE_SETTINGS:
+                await connection.execute(text(setting))
             got = await connection.scalar(text("SELECT pg_try_advisory_lock(:key)"),
                                           {"key": LOCK_KEY})
         except (SQLAlchemyError, OSError) as exc:
             log.warning("scheduler: cannot reach the database for the lock: %s", exc)
-            return False
+            got = False
         if not got:
-            await connection.close()
+            if connection is not None:
+                with contextlib.suppress(SQLAlchemyError, OSError):
+                    await connection.close()
             return False
         self._lock_connection = connection
         return True

@@ -43,6 +43,14 @@ REPLY_STOPS = ("first_response", "next_response", "technical_contact")
 SWEEP_BATCH = 500
 
 
+QUESTION_MARKS = ("?", "？", "؟")
+
+
+def asks_customer(text: str) -> bool:
+    """Whether an agent's reply asks the customer something (in any of the languages)."""
+    return any(mark in text for mark in QUESTION_MARKS)
+
+
 def minutes(delta: timedelta) -> int:
     return max(0, round(delta.total_seconds() / 60))
 
@@ -133,8 +141,12 @@ class SlaRules:
         stopped = await self._open_clocks(session, conversation_id, kinds)
         for clock in stopped:
             clock.working_minutes = self._worked(clock, now)
-            late = clock.breached_at is not None or (
-                clock.deadline_at is not None and now > clock.deadline_at)
+            if clock.status == "paused":  # its deadline is stale: judge by the time it ran
+                late = clock.breached_at is not None or \
+                    clock.working_minutes >= clock.target_minutes
+            else:  # same boundary as the sweep's breach
+                late = clock.breached_at is not None or (
+                    clock.deadline_at is not None and now >= clock.deadline_at)
             clock.status = "breached" if late else "met"
             clock.stopped_at, clock.next_check_at = now, None
         return stopped
@@ -165,7 +177,7 @@ class SlaRules:
             # A green-channel hand-off has its own window with the account manager; its
             # unclaimed clock starts when it moves to the agents' channel.
             if conversation.owner_id is None and \
-                    (conversation.context or {}).get("slack_route") != ACCOUNT_MANAGER_ROUTE:
+                    conversation.handoff_route != ACCOUNT_MANAGER_ROUTE:
                 await self.start(session, conversation, "unclaimed_handoff", now)
             if not await self._person_answered(session, conversation.id):
                 await self.start(session, conversation, "first_response", now, intent=intent)
@@ -192,9 +204,13 @@ class SlaRules:
         await self.stop(session, conversation_id, ("unclaimed_handoff",), now)
 
     async def after_agent_reply(self, session: AsyncSession, conversation_id: int,
-                                now: datetime) -> None:
+                                now: datetime, text: str = "") -> None:
+        """An agent answered: the response clocks are met. A question to the customer
+        ("could you send photos?") means the team now waits on them: the complaint's
+        solution clock pauses until they write again. A plain update does not pause it."""
         await self.stop(session, conversation_id, REPLY_STOPS, now)
-        await self.pause(session, conversation_id, ("complaint_solution",), now)
+        if asks_customer(text):
+            await self.pause(session, conversation_id, ("complaint_solution",), now)
 
     async def after_release(self, session: AsyncSession, conversation: Conversation,
                             now: datetime) -> None:
@@ -207,13 +223,31 @@ class SlaRules:
     # --- the sweep --------------------------------------------------------------------------
 
     async def due_clocks(self, session: AsyncSession, now: datetime,
-                         skip_locked: bool) -> list[SlaClock]:
-        query = (select(SlaClock).where(SlaClock.status == "running",
-                                        SlaClock.next_check_at <= now)
-                 .order_by(SlaClock.next_check_at).limit(SWEEP_BATCH))
-        if skip_locked:
-            query = query.with_for_update(skip_locked=True)
-        return list((await session.execute(query)).scalars())
+                         lock: bool) -> list[SlaClock]:
+        """Due clocks, each with its conversation locked first (PostgreSQL), in the order
+        every writer uses — conversation, then clock — so the sweep and an agent's action
+        never deadlock. A conversation busy right now is skipped until the next sweep."""
+        rows = (await session.execute(
+            select(SlaClock.id, SlaClock.conversation_id)
+            .where(SlaClock.status == "running", SlaClock.next_check_at <= now)
+            .order_by(SlaClock.next_check_at).limit(SWEEP_BATCH))).all()
+        clocks: list[SlaClock] = []
+        for clock_id, conversation_id in rows:
+            if lock:
+                locked = await session.scalar(
+                    select(Conversation.id).where(Conversation.id == conversation_id)
+                    .with_for_update(skip_locked=True))
+                if locked is None:
+                    continue
+            query = select(SlaClock).where(SlaClock.id == clock_id) \
+                .execution_options(populate_existing=True)
+            if lock:
+                query = query.with_for_update()
+            clock = (await session.execute(query)).scalar_one()
+            if clock.status == "running" and clock.next_check_at is not None \
+                    and clock.next_check_at <= now:
+                clocks.append(clock)
+        return clocks
 
     async def next_check(self, session: AsyncSession) -> datetime | None:
         """When the sweep next has something to do (replay runs it exactly then)."""

@@ -174,7 +174,12 @@ async def test_importing_twice_is_idempotent_and_updates_values(db: Database) ->
     summary = await load(db, parse_text(jsonl(changed_customer, moved, changed_order),
                                              "jsonl"))
     assert (summary.customers, summary.orders) == (2, 1)
-    assert await counts(db) == first  # same rows, no duplicates, no new stage event
+    # Same rows, no duplicates; the order's changes are one order event.
+    assert await counts(db) == {**first, "OrderEvent": 2}
+    changes = (await events_of(db, "PO-24117"))[-1].changes
+    assert changes["progress"] == {"from": 60, "to": 80} and changes["destination"]["to"] == "Bremen"
+    await load(db, parse_text(jsonl(changed_customer, moved, changed_order), "jsonl"))
+    assert await counts(db) == {**first, "OrderEvent": 2}  # the same data again: nothing new
     c100 = await customer(db, "C-100")
     assert (c100.company, c100.annual_volume_m2) == ("Nordic Floors AG", 70000)
     po = await order(db, "PO-24117")
@@ -185,7 +190,7 @@ async def test_importing_twice_is_idempotent_and_updates_values(db: Database) ->
     # A stage change on re-import is recorded as an event.
     await load(db, parse_text(jsonl({**ORDER, "stage": "inspection"}), "jsonl"))
     assert [e.stage for e in await events_of(db, "PO-24117")] == [
-        "in_production", "inspection"]
+        "in_production", "in_production", "inspection"]
 
 
 async def test_wrapped_records_are_accepted(db: Database) -> None:
@@ -458,3 +463,14 @@ async def test_bad_file_is_reported_even_when_the_database_is_down(tmp_path: Pat
     with pytest.raises(ImportError_) as info:
         await import_files(unreachable, [path])
     assert [p.split(": stage")[0] for p in info.value.problems] == [f"{path}: line 1"]
+
+
+def test_an_unknown_timezone_is_refused_with_its_line() -> None:
+    import pytest
+
+    from bot.importer import ImportError_
+
+    with pytest.raises(ImportError_) as failure:
+        parse_text(jsonl({"id": "C-9", "timezone": "Mars/Olympus_Mons"}), "jsonl")
+    assert failure.value.problems == [
+        "line 1: timezone: unknown IANA timezone 'Mars/Olympus_Mons' (e.g. Europe/Berlin)"]

@@ -176,9 +176,12 @@ def test_green_channel_escalates_an_untaken_strategic_handoff_once_in_replay(tmp
     handoff = next(line for line in lines if line.get("kind") == "handoff")
     assert handoff["text"].startswith("🟠")  # priority high
     escalations = [line for line in lines if line.get("kind") == "escalation"]
-    assert len(escalations) == 1
-    assert escalations[0]["at"].startswith("2026-12-07T12:01")
-    assert "agent-7" in escalations[0]["text"] and escalations[0]["to"] == "agents"
+    moved = [e for e in escalations if "account manager" in e["text"]]
+    assert len(moved) == 1  # once, at the end of the manager's 2 h, to the channel
+    assert moved[0]["at"] == "2026-12-07T12:00:00+08:00"
+    assert "agent-7" in moved[0]["text"] and moved[0]["to"] == "agents"
+    # In the channel the 30-minute unclaimed clock starts; untaken, it escalates too.
+    assert [e["at"] for e in escalations if e not in moved] == ["2026-12-07T12:30:00+08:00"]
 
 
 async def test_release_racing_accept_leaves_one_consistent_outcome(postgres_url: str) -> None:

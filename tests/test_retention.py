@@ -37,6 +37,12 @@ async def test_personal_data_older_than_three_years_is_purged(settings, database
         await service.pipeline.handle(InboundMessage(
             channel="telegram", chat="tg-old", text="Order PO-9, call me on +49 30 1234567",
             external_id="old-2"))
+        # The verification flow remembers what was typed (an e-mail) until it ends.
+        await service.pipeline.handle(InboundMessage(
+            channel="telegram", chat="tg-old", text="Where is my order PO-77?",
+            external_id="old-3"))
+        await service.pipeline.handle(InboundMessage(
+            channel="telegram", chat="tg-old", text="anna@old.example", external_id="old-4"))
         await service.outbox.dispatch_due()
         clock.set(datetime(2026, 3, 1, 2, 0, tzinfo=UTC))
         await service.pipeline.handle(InboundMessage(

@@ -9,14 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bot.clock import ManualClock
 from bot.config import load_settings
-from bot.db.models import OutboxItem
+from bot.db.models import OutboxItem, SlaClock
 from bot.service import Service
 from bot.types import InboundMessage
 from tests.conftest import RecordingChannel
@@ -47,16 +47,33 @@ def wait_for_line(process: subprocess.Popen[str], prefix: str, timeout: float) -
     raise AssertionError(f"no {prefix!r} line within {timeout}s: {seen}")
 
 
-async def overdue_handoffs(url: str) -> None:
-    """Hand-offs made a week ago (in the past for the processes' real clocks), so every
-    SLA clock is overdue the moment a scheduler looks."""
-    clock = ManualClock(datetime(2026, 11, 16, 2, 0, tzinfo=UTC))  # a Monday, 10:00 Shanghai
-    service = await Service.start(load_settings(None, database={"url": url}), clock=clock,
+async def handoffs(url: str) -> list[int]:
+    """Hand-offs whose clocks the test makes due when it wants (see ``make_due``)."""
+    service = await Service.start(load_settings(None, database={"url": url}),
                                   migrate=True, channels={"telegram": RecordingChannel("telegram")})
     try:
         for n in range(HANDOFFS):
             await service.pipeline.handle(InboundMessage(
                 channel="telegram", chat=f"tg-{n}", text="/human", external_id=f"m-{n}"))
+        async with service.db.sessions.begin() as session:
+            far = datetime.now(UTC) + timedelta(days=30)
+            await session.execute(update(SlaClock).values(
+                deadline_at=far, warn_at=far, next_check_at=far))
+            return list((await session.execute(
+                select(SlaClock.id).order_by(SlaClock.id))).scalars())
+    finally:
+        await service.close()
+
+
+async def make_due(url: str, clock_ids: list[int]) -> None:
+    """These clocks' deadlines are now: the leading scheduler breaches them next sweep."""
+    service = await Service.start(load_settings(None, database={"url": url}), migrate=False,
+                                  channels={})
+    try:
+        async with service.db.sessions.begin() as session:
+            now = datetime.now(UTC)
+            await session.execute(update(SlaClock).where(SlaClock.id.in_(clock_ids)).values(
+                deadline_at=now, warn_at=now, next_check_at=now))
     finally:
         await service.close()
 
@@ -72,34 +89,74 @@ async def queued_kinds(url: str) -> list[str]:
         await service.close()
 
 
+def runs_with_work(lines: list[str], pid: int) -> int:
+    return sum(int(line.split()[-1]) for line in lines if line.startswith(f"run {pid} "))
+
+
 def test_two_scheduler_processes_run_each_job_once_and_hand_over(postgres_url: str) -> None:
-    asyncio.run(overdue_handoffs(postgres_url))
-    first = start_process(postgres_url, 60)
+    clock_ids = asyncio.run(handoffs(postgres_url))  # two clocks per hand-off
+    half = len(clock_ids) // 2
+    first = start_process(postgres_url, 120)
     second = None
     try:
-        before = wait_for_line(first, "leader", 30)
-        second = start_process(postgres_url, 60)
-        wait_for_line(second, "started", 30)
-        time.sleep(2.0)  # both alive: the sweep runs every 0.2 s, in the leader only
+        first_lines = wait_for_line(first, "leader", 60)
+        second = start_process(postgres_url, 120)
+        second_lines = wait_for_line(second, "started", 60)
+        asyncio.run(make_due(postgres_url, clock_ids[:half]))
+        time.sleep(2.0)  # both alive; the sweep runs every 0.2 s, in the leader only
         first.send_signal(signal.SIGKILL)  # the leader dies without releasing anything
         first.wait(10)
         assert first.stdout is not None
-        first_lines = before + [line.strip() for line in first.stdout.read().splitlines()]
-        taken_over = wait_for_line(second, "leader", 30)
-        time.sleep(1.0)
+        first_lines += [line.strip() for line in first.stdout.read().splitlines()]
+        second_lines += wait_for_line(second, "leader", 30)
+        asyncio.run(make_due(postgres_url, clock_ids[half:]))
+        time.sleep(2.0)
         second.send_signal(signal.SIGTERM)
-        second.wait(10)
+        second.wait(20)
+        assert second.stdout is not None
+        second_lines += [line.strip() for line in second.stdout.read().splitlines()]
     finally:
         for process in (first, second):
             if process is not None and process.poll() is None:
                 process.kill()
-    first_pid, second_pid = str(first.pid), str(second.pid)
-    runs_by_first = [line for line in first_lines if line.startswith(f"run {first_pid}")]
-    assert runs_by_first, first_lines
-    # While the first held the lock the second ran nothing: its first line after "started"
-    # is its own "leader" line.
-    assert not any(line.startswith("run") for line in taken_over[:-1]), taken_over
-    assert taken_over[-1] == f"leader {second_pid}"
-    # Every overdue clock produced exactly one message, whoever ran the sweep.
+    assert second is not None
+    before_takeover = second_lines[:second_lines.index(f"leader {second.pid}")]
+    assert not any(line.startswith("run") for line in before_takeover), second_lines
+    # Each leader did the work that fell due while it led; none of it twice.
+    assert runs_with_work(first_lines, first.pid) == half, first_lines
+    assert runs_with_work(second_lines, second.pid) == len(clock_ids) - half, second_lines
     kinds = asyncio.run(queued_kinds(postgres_url))
     assert kinds == ["escalation"] * HANDOFFS + ["sla_breach"] * HANDOFFS
+
+
+async def test_the_sweep_and_agents_replying_at_the_deadline_do_not_deadlock(
+        postgres_url: str) -> None:
+    """On PostgreSQL the sweep and agents' replies lock the same rows; taken in the same
+    order (conversation, then clock) they never deadlock, and every clock ends once."""
+    from bot.agent_actions import perform
+    from bot.jobs import sla_sweep
+
+    clock = ManualClock(datetime(2026, 12, 7, 2, 0, tzinfo=UTC))  # Monday 10:00 Shanghai
+    service = await Service.start(load_settings(None, database={"url": postgres_url}),
+                                  clock=clock, migrate=True,
+                                  channels={"telegram": RecordingChannel("telegram")})
+    try:
+        chats = [f"tg-{n}" for n in range(20)]
+        for n, chat in enumerate(chats):
+            await service.pipeline.handle(InboundMessage(
+                channel="telegram", chat=chat, text="/human", external_id=f"m-{n}"))
+            await perform(service, chat, "agent-1", "take")
+        clock.advance(timedelta(hours=2))  # exactly at the first-response deadlines
+        results = await asyncio.gather(
+            sla_sweep(service), sla_sweep(service),
+            *(perform(service, chat, "agent-1", "reply", text="Here I am.") for chat in chats))
+        assert all(r.result["ok"] for r in results[2:])
+        async with service.db.sessions() as session:
+            clocks = (await session.execute(select(SlaClock).where(
+                SlaClock.kind == "first_response"))).scalars().all()
+            breaches = (await session.execute(select(OutboxItem.payload))).scalars().all()
+        assert len(clocks) == 20 and all(c.status in ("met", "breached") for c in clocks)
+        breached = [c for c in clocks if c.breached_at is not None]
+        assert len([p for p in breaches if p["kind"] == "sla_breach"]) == len(breached)
+    finally:
+        await service.close()

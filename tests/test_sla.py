@@ -211,7 +211,8 @@ def test_monthly_complaint_report_once(tmp_path: Path) -> None:
         tick("2026-12-01T08:00:00+08:00"),
         tick("2026-12-01T09:00:00+08:00"))
     reports = [line for line in lines if line.get("kind") == "report"]
-    assert len(reports) == 1 and reports[0]["at"] == "2026-12-01T08:00:00+08:00"
+    # Due at the start of the month (company time): the tick at 08:00 runs it at 00:00.
+    assert len(reports) == 1 and reports[0]["at"] == "2026-12-01T00:00:00+08:00"
     assert "2026-11" in reports[0]["text"] and "(1)" in reports[0]["text"]
 
 
@@ -252,3 +253,89 @@ def test_resolving_stops_every_clock_and_next_response_waits_on_people(
     assert clocks == sorted([
         ("unclaimed_handoff", "met", 5), ("first_response", "met", 10),
         ("next_response", "met", 40), ("next_response", "met", 30)], key=str)
+
+
+def test_a_paused_clock_resolved_later_is_met_by_the_time_it_ran(
+        tmp_path: Path, database_url: str) -> None:
+    replay(
+        tmp_path,
+        says("2026-12-07T09:00:00+08:00", "The planks we received are cracked, I want to complain"),
+        says("2026-12-07T09:01:00+08:00", "The order number is PO-1"),
+        agent("2026-12-07T09:30:00+08:00", "agent-1", "take"),
+        agent("2026-12-07T10:00:00+08:00", "agent-1", "reply", text="Could you send photos?"),
+        agent("2026-12-16T10:00:00+08:00", "agent-1", "resolve"),  # a week and more later
+        database=database_url)
+    complaint = next(c for c in query(database_url, select(SlaClock))
+                     if c.kind == "complaint_solution")
+    assert (complaint.status, complaint.working_minutes) == ("met", 60)
+
+
+def test_an_update_without_a_question_does_not_pause_the_complaint_clock(
+        tmp_path: Path, database_url: str) -> None:
+    lines = replay(
+        tmp_path,
+        says("2026-12-07T09:00:00+08:00", "The planks we received are cracked, I want to complain"),
+        says("2026-12-07T09:01:00+08:00", "The order number is PO-1"),
+        agent("2026-12-07T09:30:00+08:00", "agent-1", "take"),
+        agent("2026-12-07T10:00:00+08:00", "agent-1", "reply", text="We are investigating."),
+        tick("2026-12-11T18:00:00+08:00"), database=database_url)
+    breaches = [line["at"] for line in lines if line.get("kind") == "sla_breach"
+                and "Complaint solution" in line["text"]]
+    # 24 working hours from Monday 09:00: Mon 9 + Tue 9 + Wed 6 -> Wednesday 15:00.
+    assert breaches == ["2026-12-09T15:00:00+08:00"]
+
+
+async def test_import_changes_alert_like_order_events(service: Any, clock: Any,
+                                                     channels: Any) -> None:
+    """An ETA moved or a delivery recorded by a re-import is announced like an event."""
+    from datetime import timedelta
+
+    from bot.importer import apply_batch, validate_records
+    from bot.jobs import delivery_followups, order_alerts
+
+    async def load(*records: dict[str, Any]) -> None:
+        async with service.db.sessions.begin() as session:
+            await apply_batch(session, validate_records(enumerate(records, start=1)),
+                              clock.now())
+
+    await load(CUSTOMER, ORDER)
+    assert await order_alerts(service) == 0  # a new order is not announced
+    clock.advance(timedelta(days=1))
+    await load({**ORDER, "eta": "2027-01-25"})  # 5 days later than planned
+    clock.advance(timedelta(days=1))
+    await load({**ORDER, "eta": "2027-01-25", "stage": "delivered"})
+    assert await order_alerts(service) == 2  # the delay, and the delivery
+    await service.outbox.dispatch_due()
+    told = [d.text for d in channels["telegram"].sent]
+    assert any("2027-01-25" in t and "2027-01-20" in t for t in told)
+    assert any("delivered" in t for t in told)
+    clock.advance(timedelta(hours=47))
+    assert await delivery_followups(service) == 0
+    clock.advance(timedelta(hours=1))
+    assert await delivery_followups(service) == 1
+
+
+async def test_a_message_processed_after_resolution_is_not_taken_as_a_rating(
+        service: Any, channels: Any) -> None:
+    """Received while a person owned the conversation, processed after they resolved it:
+    the question starts a new conversation and is answered; nothing is rated."""
+    from bot.agent_actions import perform
+    from bot.types import InboundMessage
+
+    async def say(text: str, n: int) -> Any:
+        return await service.pipeline.receive(InboundMessage(
+            channel="telegram", chat="tg-9", text=text, external_id=f"m-{n}"))
+
+    first = await say("I want to talk to a person", 1)
+    await service.pipeline.process(first.message_id)
+    await perform(service, "tg-9", "agent-1", "take")
+    late = await say("2", 2)  # stored in the owned conversation, not processed yet
+    await perform(service, "tg-9", "agent-1", "resolve")
+    processed = await service.pipeline.process(late.message_id)
+    async with service.db.sessions() as session:
+        conversations = (await session.execute(select(Conversation).order_by(
+            Conversation.id))).scalars().all()
+    assert len(conversations) == 2
+    assert conversations[0].satisfaction is None and conversations[0].status == "resolved"
+    assert processed.conversation_id == conversations[1].id
+    assert all(r.template != "survey.thanks_low" for r in processed.replies)

@@ -155,7 +155,7 @@ class SlackChannel:
         """The account manager's DM for a green-channel hand-off, else the agents' channel.
         When the manager cannot be reached directly the card goes to the channel at once,
         and the green channel's later escalation is cancelled (it would post twice)."""
-        if (conversation.context or {}).get("slack_route") != ACCOUNT_MANAGER_ROUTE:
+        if conversation.handoff_route != ACCOUNT_MANAGER_ROUTE:
             return self.settings.slack.agents_channel
         view = await self.view(conversation.id)
         manager = view.account_manager if view else None

@@ -121,7 +121,8 @@ class Conversation(Base):
     """One support conversation with a chat; a new one opens after the last is resolved."""
 
     __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conversations_chat_status", "channel", "chat", "status"),)
+    __table_args__ = (Index("ix_conversations_chat_status", "channel", "chat", "status"),
+                      Index("ix_conversations_handoff_route", "status", "handoff_route"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
@@ -147,6 +148,9 @@ class Conversation(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     handed_off_at: Mapped[datetime | None]
+    # Where the hand-off card goes: "account_manager" (a strategic customer's green channel,
+    # by direct message) until it moves to "channel"; None means the agents' channel.
+    handoff_route: Mapped[str | None] = mapped_column(String(16))
     survey_sent_at: Mapped[datetime | None]
     satisfaction: Mapped[int | None]  # the customer's 1-5 rating after resolution
     satisfaction_at: Mapped[datetime | None]

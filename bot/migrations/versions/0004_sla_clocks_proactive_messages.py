@@ -41,6 +41,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('survey_sent_at', UTC_DATETIME(), nullable=True))
         batch_op.add_column(sa.Column('satisfaction', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('satisfaction_at', UTC_DATETIME(), nullable=True))
+        batch_op.add_column(sa.Column('handoff_route', sa.String(length=16), nullable=True))
+        batch_op.create_index('ix_conversations_handoff_route', ['status', 'handoff_route'],
+                              unique=False)
+    # What happened before this version was not announced by it: no alert for old order
+    # events, no follow-up for orders delivered long ago, progress notes counted from now.
+    op.execute("UPDATE order_events SET notified_at = at")
+    op.execute("UPDATE orders SET followup_sent_at = delivered_at WHERE delivered_at IS NOT NULL")
+    op.execute("UPDATE orders SET progress_noted_at = updated_at WHERE stage = 'in_production'")
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.alter_column('message_id', existing_type=sa.Integer(), nullable=True)
 
@@ -49,6 +57,8 @@ def downgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.alter_column('message_id', existing_type=sa.Integer(), nullable=False)
     with op.batch_alter_table('conversations', schema=None) as batch_op:
+        batch_op.drop_index('ix_conversations_handoff_route')
+        batch_op.drop_column('handoff_route')
         batch_op.drop_column('satisfaction_at')
         batch_op.drop_column('satisfaction')
         batch_op.drop_column('survey_sent_at')
