@@ -244,12 +244,26 @@ class WechatSettings(Section):
     token: SecretStr | None = None
     app_id: str | None = None
     app_secret: SecretStr | None = None
-    aes_key: SecretStr | None = None
+    aes_key: SecretStr | None = None  # the EncodingAESKey: safe mode (encrypted messages)
     api_base_url: str = "https://api.weixin.qq.com"
+    # WeChat waits 5 s for the callback's answer; a reply ready by then goes back in the
+    # response itself (a "passive" reply), later ones through the customer-service API.
+    reply_window_seconds: float = Field(default=4.5, gt=0, lt=5)
 
     @property
     def enabled(self) -> bool:
         return self.token is not None
+
+    @model_validator(mode="after")
+    def _complete(self) -> WechatSettings:
+        if self.token is None:
+            return self
+        if not self.app_id or self.app_secret is None:
+            raise ValueError("app_id and app_secret are required with a token (replies after "
+                             "the 5-second window go through the customer-service API)")
+        if self.aes_key is not None and len(self.aes_key.get_secret_value()) != 43:
+            raise ValueError("aes_key: the EncodingAESKey has exactly 43 characters")
+        return self
 
 
 class WebSettings(Section):

@@ -23,6 +23,7 @@ from sqlalchemy.orm import aliased
 from bot.channels.base import (
     Channel,
     Delivery,
+    HeldDeliveryError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
@@ -54,9 +55,10 @@ class OutboxDispatcher:
         self.settings = settings
         self._jitter = jitter
         self._wake = asyncio.Event()
-        # Told about every message that could not be delivered (the service tells the
-        # conversation's agents); nothing fails silently.
-        self.on_failed: Callable[[OutboxItem, str], Awaitable[None]] | None = None
+        # Told about every message that could not be delivered, or is held until the
+        # customer writes again (the service tells the conversation's agents); nothing
+        # fails silently.
+        self.on_failed: Callable[[OutboxItem, str, str], Awaitable[None]] | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -126,6 +128,10 @@ class OutboxDispatcher:
         except PermanentDeliveryError as exc:
             status, error = "failed", str(exc)[:500]
             log.warning("outbox %d to %s failed permanently: %s", item.id, item.channel, exc)
+        except HeldDeliveryError as exc:
+            status, error = "held", str(exc)[:500]
+            log.info("outbox %d to %s held until the customer writes: %s", item.id,
+                     item.channel, exc)
         except (TimeoutError, TemporaryDeliveryError, OSError) as exc:
             status, error = "pending", str(exc)[:500] or type(exc).__name__
             retry_after = getattr(exc, "retry_after", None)
@@ -152,9 +158,9 @@ class OutboxDispatcher:
         async with self.db.sessions.begin() as session:
             await session.execute(update(OutboxItem).where(OutboxItem.id == item.id)
                                   .values(**values))
-        if values["status"] == "failed" and self.on_failed is not None:
+        if values["status"] in ("failed", "held") and self.on_failed is not None:
             try:
-                await self.on_failed(item, error or "failed")
+                await self.on_failed(item, str(values["status"]), error or "")
             except Exception:  # the failure itself is recorded on the row and logged
                 log.exception("outbox %d: could not report the failed delivery", item.id)
         return status == "sent"

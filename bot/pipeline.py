@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -93,6 +93,8 @@ class Pipeline:
         self.dialogue = dialogue
         self.sla = sla
         self.on_outbox = on_outbox or (lambda: None)
+        # Channels whose webhook answers with the reply itself, and how long it may wait.
+        self.passive_reply_windows: dict[str, timedelta] = {}
 
     async def handle(self, inbound: InboundMessage) -> Processed:
         """Receive and process in one go (channels that answer synchronously)."""
@@ -120,6 +122,12 @@ class Pipeline:
                 session.add(message)
                 conversation.last_inbound_at = now
                 conversation.updated_at = now
+                # Replies held until the customer wrote again (WeChat's 48-hour window) go now.
+                await session.execute(
+                    update(OutboxItem).where(OutboxItem.channel == inbound.channel,
+                                             OutboxItem.chat == inbound.chat,
+                                             OutboxItem.status == "held")
+                    .values(status="pending", next_attempt_at=now))
                 await session.flush()
                 return Received(message.id, conversation.id, duplicate=False)
         except IntegrityError:
@@ -223,7 +231,8 @@ class Pipeline:
             message.urgent = understanding.urgent
             conversation.updated_at = now
             await self.sla.after_customer_message(session, conversation, message, replies, now)
-            outbox_ids = await self.queue_replies(session, conversation, replies, now)
+            outbox_ids = await self.queue_replies(session, conversation, replies, now,
+                                                  in_reply_to=message.id)
         self.on_outbox()
         return Processed(message.id, conversation.id, understanding, replies, outbox_ids)
 
@@ -258,10 +267,14 @@ class Pipeline:
     async def queue_replies(self, session: AsyncSession, conversation: Conversation,
                             replies: list[Reply], now: datetime,
                             agent_id: int | None = None,
-                            not_before: datetime | None = None) -> list[int]:
+                            not_before: datetime | None = None,
+                            in_reply_to: int | None = None) -> list[int]:
         """Store each reply as an outbound message plus an outbox row, in the caller's tx.
         With ``agent_id`` the replies are an agent's words, relayed by the bot; with
-        ``not_before`` customer-facing ones wait until then (quiet hours)."""
+        ``not_before`` customer-facing ones wait until then (quiet hours). Answers to a
+        message (``in_reply_to``) on a channel with passive replies wait out its window,
+        so the webhook can return them in its response first."""
+        passive = self.passive_reply_windows.get(conversation.channel) if in_reply_to else None
         ids: list[int] = []
         owner = None
         if conversation.owner_id is not None and any(r.to == "agents" for r in replies):
@@ -282,8 +295,9 @@ class Pipeline:
                 channel=conversation.channel if reply.to == "customer" else AGENTS_CHANNEL,
                 payload={**reply_payload(reply), "customer_channel": conversation.channel,
                          "owner": owner, "conversation_id": conversation.id},
-                next_attempt_at=max(now, not_before or now) if reply.to == "customer" else now,
-                created_at=now,
+                next_attempt_at=(max(now, not_before or now) + (passive or timedelta(0))
+                                 if reply.to == "customer" else now),
+                created_at=now, in_reply_to=in_reply_to if reply.to == "customer" else None,
             )
             session.add(item)
             await session.flush()

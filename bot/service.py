@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from bot.business_hours import BusinessCalendar, build_calendars
 from bot.channels import Channel, build_channels
@@ -71,14 +72,20 @@ class Service:
         sla = SlaRules(settings, calendars)
         pipeline = Pipeline(settings=settings, db=db, clock=clock, dialogue=dialogue, sla=sla,
                             on_outbox=outbox.wake)
+        if settings.wechat.enabled:
+            # Replies wait out WeChat's answer window (plus a margin) before the outbox may
+            # send them through the API: the callback's response gets the first chance.
+            pipeline.passive_reply_windows["wechat"] = timedelta(
+                seconds=settings.wechat.reply_window_seconds + 0.5)
         service = cls(settings, clock, db, knowledge, understander, pipeline, outbox, calendars,
                       ToneGuard(knowledge.phrases), sla)
         outbox.on_failed = service.report_failed_delivery
         return service
 
-    async def report_failed_delivery(self, item: OutboxItem, error: str) -> None:
+    async def report_failed_delivery(self, item: OutboxItem, status: str, error: str) -> None:
         """A customer's message that can never be delivered (blocked bot, chat not found,
-        retries exhausted): the conversation's agents are told, in its thread."""
+        retries exhausted) or is held until they write again: the conversation's agents
+        are told, in its thread."""
         if item.message_id is None or item.payload.get("to") != "customer":
             return
         now = self.clock.now()
@@ -88,12 +95,13 @@ class Service:
                 if message is not None else None
             if conversation is None:
                 return
-            text = self.knowledge.agent_texts["escalation.delivery_failed"].format(
+            key = "escalation.delivery_held" if status == "held" else \
+                "escalation.delivery_failed"
+            text = self.knowledge.agent_texts[key].format(
                 channel=item.channel, chat=item.chat, error=error[:200],
                 text=str(item.payload.get("text", ""))[:300])
             await self.pipeline.queue_replies(session, conversation, [Reply(
-                text, kind="escalation", to="agents", template="escalation.delivery_failed")],
-                now)
+                text, kind="escalation", to="agents", template=key)], now)
         self.outbox.wake()
 
     async def close(self) -> None:

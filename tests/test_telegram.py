@@ -13,7 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from bot.channels.telegram import MESSAGE_LIMIT, split_text
+from bot.channels.base import split_text as split_any
+from bot.channels.telegram import MESSAGE_LIMIT
 from bot.clock import ManualClock
 from bot.config import load_settings
 from bot.db.models import Case, Conversation, Message, OutboxItem
@@ -28,6 +29,10 @@ from tests.telegram_stub import (
     message_update,
     user,
 )
+
+
+def split_text(text: str) -> list[str]:
+    return split_any(text, MESSAGE_LIMIT)
 
 
 class Telegram:

@@ -6,6 +6,7 @@ from bot.business_hours import BusinessCalendar
 from bot.channels.base import (
     Channel,
     Delivery,
+    HeldDeliveryError,
     PermanentDeliveryError,
     TemporaryDeliveryError,
     numbered_buttons,
@@ -16,7 +17,7 @@ from bot.config import Settings
 from bot.db.database import Database
 
 __all__ = [
-    "Channel", "Delivery", "PermanentDeliveryError", "TemporaryDeliveryError",
+    "Channel", "Delivery", "HeldDeliveryError", "PermanentDeliveryError", "TemporaryDeliveryError",
     "build_channels", "numbered_buttons",
 ]
 
@@ -29,6 +30,10 @@ def build_channels(settings: Settings, *, db: Database, clock: Clock,
         from bot.channels.telegram import TelegramChannel
 
         channels[TelegramChannel.name] = TelegramChannel(settings.telegram)
+    if settings.wechat.enabled:
+        from bot.channels.wechat import WechatChannel
+
+        channels[WechatChannel.name] = WechatChannel(settings.wechat)
     if settings.slack.enabled:
         from bot.channels.slack import SlackChannel  # the SDK loads only when Slack is used
 

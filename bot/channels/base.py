@@ -52,6 +52,11 @@ class PermanentDeliveryError(Exception):
     """The platform will never accept this message (blocked bot, chat not found)."""
 
 
+class HeldDeliveryError(Exception):
+    """The platform accepts this message only after the customer writes again (WeChat's
+    48-hour window): it is held, not failed, and sent on their next message."""
+
+
 class Channel(Protocol):
     name: str
 
@@ -66,3 +71,24 @@ def numbered_buttons(text: str, buttons: list[dict[str, str]]) -> str:
         return text
     options = "\n".join(f"{i}. {b['label']}" for i, b in enumerate(buttons, start=1))
     return f"{text}\n\n{options}"
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Parts of at most ``limit`` characters, cut at a paragraph, line or word boundary
+    when there is one in the second half of the part, else hard."""
+    parts: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = -1
+        for separator in ("\n\n", "\n", " "):
+            cut = window.rfind(separator)
+            if cut >= limit // 2:
+                break
+        if cut < limit // 2:
+            cut = limit
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest or not parts:
+        parts.append(rest)
+    return parts

@@ -61,7 +61,7 @@ def delivery_error(exc: Exception) -> Exception:
 # Escalations that stay with the agents: the on-call page (broadcast in the agents'
 # channel) and the green channel's move to it.
 AGENTS_ESCALATIONS = ("escalation.green_channel", "escalation.after_hours_urgent",
-                      "escalation.delivery_failed")
+                      "escalation.delivery_failed", "escalation.delivery_held")
 
 
 def supervised(delivery: Delivery) -> bool:

@@ -25,7 +25,12 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
-from bot.channels.base import Delivery, PermanentDeliveryError, TemporaryDeliveryError
+from bot.channels.base import (
+    Delivery,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+    split_text,
+)
 from bot.config import TelegramSettings
 from bot.types import InboundMessage
 
@@ -37,27 +42,6 @@ CALLBACK_DATA_LIMIT = 64  # bytes, Telegram's limit for a button's callback data
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 PERMANENT_BAD_REQUESTS = ("chat not found", "user is deactivated", "chat_write_forbidden",
                           "have no rights to send", "peer_id_invalid", "bot was kicked")
-
-
-def split_text(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
-    """Parts of at most ``limit`` characters, cut at a paragraph, line or word boundary
-    when there is one in the second half of the part, else hard."""
-    parts: list[str] = []
-    rest = text
-    while len(rest) > limit:
-        window = rest[:limit]
-        cut = -1
-        for separator in ("\n\n", "\n", " "):
-            cut = window.rfind(separator)
-            if cut >= limit // 2:
-                break
-        if cut < limit // 2:
-            cut = limit
-        parts.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    if rest or not parts:
-        parts.append(rest)
-    return parts
 
 
 def callback_data(payload: str) -> str:
@@ -115,7 +99,7 @@ class TelegramChannel:
             self._ready = False
 
     async def send(self, delivery: Delivery) -> str | None:
-        parts = split_text(delivery.text)
+        parts = split_text(delivery.text, MESSAGE_LIMIT)
         markup = None
         if delivery.buttons:
             markup = InlineKeyboardMarkup([[InlineKeyboardButton(

@@ -207,10 +207,13 @@ class OutboxItem(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     # None for messages that belong to no conversation (the monthly report to agents)
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), unique=True)
+    # The customer message this answers: WeChat can take it back as the passive reply.
+    in_reply_to: Mapped[int | None] = mapped_column(index=True)
     channel: Mapped[str] = mapped_column(String(32))
     chat: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed
+    # pending | sent | failed | held (waits for the customer to write again: WeChat's 48 h)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime]
     last_error: Mapped[str | None] = mapped_column(Text)

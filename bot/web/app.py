@@ -55,8 +55,10 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
                     task.cancel()  # a long poll can take 25 s to return by itself
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if telegram is not None:
-                await telegram.close()
+            for channel in service.outbox.channels.values():
+                close = getattr(channel, "close", None)  # platform clients with connections
+                if close is not None:
+                    await close()
 
     bolt_app = None
     if service.settings.slack.enabled:
@@ -75,6 +77,10 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
     app.include_router(build_router(service))
     if bolt_app is not None and service.settings.slack.mode == "http":
         app.include_router(slack_router(bolt_app))
+    if service.settings.wechat.enabled:
+        from bot.channels.wechat import build_router as wechat_router
+
+        app.include_router(wechat_router(service))
     if telegram is not None and service.settings.telegram.mode == "webhook":
         from bot.channels.telegram_inbound import build_router as telegram_router
 

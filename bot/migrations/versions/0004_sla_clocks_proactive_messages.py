@@ -51,10 +51,14 @@ def upgrade() -> None:
     op.execute("UPDATE orders SET progress_noted_at = updated_at WHERE stage = 'in_production'")
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.alter_column('message_id', existing_type=sa.Integer(), nullable=True)
+        batch_op.add_column(sa.Column('in_reply_to', sa.Integer(), nullable=True))
+        batch_op.create_index(batch_op.f('ix_outbox_in_reply_to'), ['in_reply_to'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_outbox_in_reply_to'))
+        batch_op.drop_column('in_reply_to')
         batch_op.alter_column('message_id', existing_type=sa.Integer(), nullable=False)
     with op.batch_alter_table('conversations', schema=None) as batch_op:
         batch_op.drop_index('ix_conversations_handoff_route')

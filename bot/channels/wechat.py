@@ -1,0 +1,247 @@
+"""WeChat Official Account: the callback ``GET|POST /webhooks/wechat`` in, the
+customer-service message API out.
+
+Every request's signature is checked before anything is read (and, in safe mode, the
+message signature and the AppID inside the encrypted message). A message is stored
+(deduplicated by ``MsgId``; WeChat retries a callback three times when it gets no answer
+in 5 seconds) and processed. If the reply is ready within ``[wechat]
+reply_window_seconds`` it is returned in the response (a passive reply) — a retry of the
+same message gets the same answer; otherwise the response is ``success`` and the outbox
+sends the reply through the customer-service API once the window has passed.
+
+That API only reaches customers who wrote in the last 48 hours (error 45015): such a
+reply is held, the agents are told, and it goes out when the customer writes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import and_, select, update
+
+from bot.channels.base import (
+    Delivery,
+    HeldDeliveryError,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+    numbered_buttons,
+    split_text,
+)
+from bot.channels.wechat_protocol import (
+    AesCrypto,
+    ProtocolError,
+    encrypted_reply_xml,
+    parse_xml,
+    read_message,
+    signature_matches,
+    text_reply_xml,
+)
+from bot.config import WechatSettings
+from bot.db.models import OutboxItem
+from bot.pipeline import InvalidMessage
+from bot.service import Service
+from bot.types import InboundMessage
+from bot.web.limits import read_body
+
+log = logging.getLogger(__name__)
+
+NAME = "wechat"
+WEBHOOK_PATH = "/webhooks/wechat"
+MAX_BODY_BYTES = 64 * 1024  # WeChat's callbacks are well under this
+TEXT_LIMIT = 600  # characters per customer-service text message (WeChat allows ~2,048 bytes)
+PASSIVE = "passive"  # outbox external id of a reply returned in the callback's response
+TOKEN_ERRORS = {40001, 40014, 42001}  # access token invalid or expired: refresh, retry
+WINDOW_CLOSED = {45015}  # the customer last wrote more than 48 hours ago
+PERMANENT = {40003, 43004, 43019, 40013}  # bad openid, unsubscribed, blocked, bad AppID
+SUCCESS = PlainTextResponse("success")
+
+
+class WechatApi:
+    """The customer-service message API with a cached access token (``stable_token``:
+    several processes share one token instead of invalidating each other's)."""
+
+    def __init__(self, settings: WechatSettings, client: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self.client = client or httpx.AsyncClient(base_url=settings.api_base_url, timeout=10)
+        self._token: str | None = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    async def access_token(self, refresh: bool = False) -> str:
+        async with self._lock:
+            if refresh or self._token is None or time.monotonic() >= self._expires:
+                assert self.settings.app_secret is not None
+                response = await self.client.post("/cgi-bin/stable_token", json={
+                    "grant_type": "client_credential", "appid": self.settings.app_id,
+                    "secret": self.settings.app_secret.get_secret_value(),
+                    "force_refresh": refresh})
+                data = response.json()
+                if "access_token" not in data:
+                    raise TemporaryDeliveryError(f"wechat: no access token: {data.get('errcode')} "
+                                                 f"{data.get('errmsg')}")
+                self._token = str(data["access_token"])
+                # Renew five minutes early: a token must not expire between check and use.
+                self._expires = time.monotonic() + max(60, int(data.get("expires_in", 7200)) - 300)
+            return self._token
+
+    async def send_text(self, open_id: str, content: str) -> dict[str, Any]:
+        for attempt in range(2):
+            token = await self.access_token(refresh=attempt > 0)
+            response = await self.client.post(
+                "/cgi-bin/message/custom/send", params={"access_token": token},
+                json={"touser": open_id, "msgtype": "text", "text": {"content": content}})
+            if response.status_code >= 500:
+                raise TemporaryDeliveryError(f"wechat: HTTP {response.status_code}")
+            data: dict[str, Any] = response.json()
+            code = int(data.get("errcode", 0))
+            if code == 0:
+                return data
+            if code in TOKEN_ERRORS and attempt == 0:
+                continue
+            message = f"wechat: {code} {data.get('errmsg', '')}".strip()
+            if code in WINDOW_CLOSED:
+                raise HeldDeliveryError(message)
+            if code in PERMANENT:
+                raise PermanentDeliveryError(message)
+            raise TemporaryDeliveryError(message)
+        raise TemporaryDeliveryError("wechat: access token refused twice")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class WechatChannel:
+    name = NAME
+
+    def __init__(self, settings: WechatSettings, api: WechatApi | None = None) -> None:
+        self.settings = settings
+        self.api = api or WechatApi(settings)
+
+    async def send(self, delivery: Delivery) -> str | None:
+        text = numbered_buttons(delivery.text, delivery.buttons)  # no buttons in this API
+        parts = split_text(text, TEXT_LIMIT)
+        for index in range(delivery.parts_sent, len(parts)):
+            try:
+                await self.api.send_text(delivery.chat, parts[index])
+            except TemporaryDeliveryError as exc:
+                exc.parts_sent = index
+                raise
+            except httpx.HTTPError as exc:
+                raise TemporaryDeliveryError(f"wechat: {type(exc).__name__}", parts_sent=index) \
+                    from exc
+        return None
+
+    async def close(self) -> None:
+        await self.api.close()
+
+
+# --- the callback ---------------------------------------------------------------------------
+
+def build_router(service: Service) -> APIRouter:
+    settings = service.settings.wechat
+    assert settings.token is not None
+    token = settings.token.get_secret_value()
+    crypto = AesCrypto(settings.aes_key.get_secret_value(), settings.app_id or "") \
+        if settings.aes_key is not None else None
+    window = settings.reply_window_seconds
+    router = APIRouter()
+
+    def genuine(request: Request) -> bool:
+        query = request.query_params
+        return signature_matches(query.get("signature"), token, query.get("timestamp", ""),
+                                 query.get("nonce", ""))
+
+    @router.get(WEBHOOK_PATH, include_in_schema=False)
+    async def handshake(request: Request) -> Response:
+        """The server check when the URL is configured: echo ``echostr`` if signed."""
+        if not genuine(request):
+            return Response("forbidden", status_code=403)
+        return PlainTextResponse(request.query_params.get("echostr", ""))
+
+    @router.post(WEBHOOK_PATH, include_in_schema=False)
+    async def callback(request: Request) -> Response:
+        if not genuine(request):
+            return Response("forbidden", status_code=403)
+        body = await read_body(request, MAX_BODY_BYTES)
+        if isinstance(body, Response):
+            return body
+        query = request.query_params
+        try:
+            fields = parse_xml(body)
+            if crypto is not None:
+                if query.get("encrypt_type") != "aes" or "Encrypt" not in fields:
+                    raise ProtocolError("safe mode: the message must be encrypted")
+                if not signature_matches(query.get("msg_signature"), token,
+                                         query.get("timestamp", ""), query.get("nonce", ""),
+                                         fields["Encrypt"]):
+                    return Response("forbidden", status_code=403)
+                fields = parse_xml(crypto.decrypt(fields["Encrypt"]).encode())
+            message = read_message(fields)
+        except ProtocolError as exc:
+            log.info("wechat: callback refused: %s", exc)
+            return Response("bad request", status_code=400)
+        if message.kind == "event" and message.event == "subscribe":
+            text = "/start"  # a new follower is welcomed like Telegram's /start
+        elif message.kind in ("text", "image") and message.text.strip():
+            text = message.text
+        else:
+            return SUCCESS  # other events and message types: nothing to answer
+        inbound = InboundMessage(channel=NAME, chat=message.open_id, text=text,
+                                 external_id=message.external_id,
+                                 attachments=message.attachments)
+        reply = await answer_within(service, inbound, window)
+        if reply is None:
+            return SUCCESS
+        xml = text_reply_xml(message.open_id, message.account, reply)
+        if crypto is not None:
+            xml = encrypted_reply_xml(crypto, token, xml, query.get("nonce", ""))
+        return Response(xml, media_type="application/xml")
+
+    return router
+
+
+async def answer_within(service: Service, inbound: InboundMessage, window: float) -> str | None:
+    """Store and process the message; the reply text if it is ready within ``window``
+    seconds (taken from the outbox so it is sent once), else None."""
+    try:
+        received = await service.pipeline.receive(inbound)
+    except InvalidMessage as exc:
+        return service.knowledge.templates.render(exc.template, None, **exc.values)
+    processing = asyncio.ensure_future(service.pipeline.process(received.message_id))
+    try:
+        await asyncio.wait_for(asyncio.shield(processing), timeout=window)
+    except TimeoutError:
+        processing.add_done_callback(_log_failure)
+        return None  # the outbox sends the reply through the API after the window
+    return await take_passive_reply(service, received.message_id)
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("wechat: processing failed: %s", task.exception())
+
+
+async def take_passive_reply(service: Service, message_id: int) -> str | None:
+    """The customer-facing replies to ``message_id``, marked as sent in the response: rows
+    the dispatcher has not tried yet, or rows an earlier attempt of this callback already
+    answered with (WeChat retries when our response was lost)."""
+    now = service.clock.now()
+    async with service.db.sessions.begin() as session:
+        mine = and_(OutboxItem.in_reply_to == message_id, OutboxItem.channel == NAME)
+        await session.execute(
+            update(OutboxItem).where(mine, OutboxItem.status == "pending",
+                                     OutboxItem.attempts == 0)
+            .values(status="sent", sent_at=now, external_id=PASSIVE)
+            .execution_options(synchronize_session=False))
+        rows = (await session.execute(
+            select(OutboxItem.payload).where(mine, OutboxItem.external_id == PASSIVE)
+            .order_by(OutboxItem.id))).scalars().all()
+    texts = [numbered_buttons(p["text"], p.get("buttons") or []) for p in rows]
+    return "\n\n".join(texts) if texts else None
+
