@@ -277,3 +277,64 @@ async def test_polling_receives_updates_without_a_webhook(database_url: str,
         await channel.close()  # type: ignore[attr-defined]
         await service.close()
         await stub.stop()
+
+
+async def test_serve_with_a_configured_bot_api_endpoint_works_end_to_end(tmp_path: Any) -> None:
+    """``supportbot serve`` as a real process, its config naming this Bot API endpoint and a
+    webhook secret: it registers the webhook there, takes an update and answers through it."""
+    import signal
+    import subprocess
+
+    from tests.test_serve import clean_env, free_port, supportbot_command
+
+    stub = TelegramStub()
+    base_url = await stub.start()
+    port = free_port()
+    (tmp_path / "supportbot.toml").write_text(
+        f'[web]\nport = {port}\n\n[telegram]\napi_base_url = "{base_url}"\n'
+        f'public_url = "https://bot.example"\n\n[after_hours]\nenabled = false\n',
+        encoding="utf-8")
+    stderr = tmp_path / "serve.log"
+    env = clean_env(SUPPORTBOT_TELEGRAM__TOKEN=TOKEN,
+                    SUPPORTBOT_TELEGRAM__WEBHOOK_SECRET=WEBHOOK_SECRET)
+    with stderr.open("wb") as log:
+        process = subprocess.Popen([*supportbot_command(), "serve"], cwd=tmp_path, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            for _ in range(300):
+                if process.poll() is not None:
+                    pytest.fail(stderr.read_text(errors="replace"))
+                try:
+                    if (await http.get("/healthz")).status_code == 200 and \
+                            stub.calls_to("setWebhook"):
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            webhook = stub.calls_to("setWebhook")[0]
+            assert webhook["url"] == "https://bot.example/webhooks/telegram"
+            assert webhook["secret_token"] == WEBHOOK_SECRET
+            assert TOKEN not in webhook["url"]
+            forged = await http.post("/webhooks/telegram",
+                                     json=message_update("hi", chat_id=7100))
+            assert forged.status_code == 403
+            response = await http.post(
+                "/webhooks/telegram", json=message_update("Guten Tag", chat_id=7101,
+                                                          sender=user(7101, "Jonas", "M", "de")),
+                headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET})
+            assert response.status_code == 200
+            for _ in range(100):
+                if stub.sent_texts(7101):
+                    break
+                await asyncio.sleep(0.1)
+            assert stub.sent_texts(7101) and "Guten Tag" in stub.sent_texts(7101)[0]
+            assert stub.sent_texts(7100) == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        await stub.stop()
+    assert process.returncode == 0, stderr.read_text(errors="replace")
