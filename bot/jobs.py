@@ -152,6 +152,8 @@ async def tell_customer(service: Service, session: AsyncSession, customer: Custo
                         agents_text: str | None = None, **values: object) -> bool:
     """Queue a proactive message in the customer's language, outside their quiet hours;
     with ``agents_text``, tell the conversation's agents too. False if no chat is known."""
+    if customer.erased_at is not None:
+        return False  # their data was erased on request: the bot does not write to them
     conversation = await customer_conversation(session, customer, now)
     if conversation is None:
         log.warning("customer %s has no chat: %s not sent", customer.ref, template)
