@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot import ownership
 from bot.agent_desk import current_conversation
-from bot.db.models import Conversation, Message, ProcessedEvent
+from bot.db.models import Case, Conversation, Message, ProcessedEvent
 from bot.service import Service
 from bot.types import Button, Reply
 
@@ -159,6 +159,12 @@ async def _perform(service: Service, session: Any, outcome: ActionOutcome, chat:
         result = await ownership.resolve(session, conversation, agent_ref, now)
         if result.ok:
             await service.sla.after_resolve(session, conversation.id, now)
+            # Its open cases are resolved with it (the dispute-resolution KPI reads them).
+            await session.execute(
+                update(Case).where(Case.conversation_id == conversation.id,
+                                   Case.resolved_at.is_(None))
+                .values(status="resolved", resolved_at=now)
+                .execution_options(synchronize_session=False))
             await session.refresh(conversation)
             await ask_for_rating(service, session, conversation, now)
     event: dict[str, Any] = {"event": "owner", "chat": chat, "agent": agent_ref,

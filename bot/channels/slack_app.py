@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -30,7 +31,7 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackClientError
 from sqlalchemy import select
 
-from bot import agent_desk, ownership
+from bot import agent_desk, kpis, ownership
 from bot.agent_actions import ActionOutcome, perform
 from bot.channels.slack import SlackChannel
 from bot.channels.slack_blocks import transfer_offer
@@ -225,6 +226,15 @@ class SlackDesk:
             return self.texts["done.action"].format(action=action, number=conversation.id)
         return await self.refusal(action, result, conversation.id)
 
+    def stats_kpis(self, week: dict[str, float | None]) -> str:
+        """The headline KPIs of the last 7 days (bot/kpis.py) as one line."""
+        none = self.texts["command.no_data"]
+        return self.texts["command.stats_kpis"].format(
+            first_response=kpis.minutes_text(week["first_response_median_working_minutes"],
+                                             none),
+            breach_rate=kpis.share_text(week["sla_breach_rate"], none),
+            satisfaction=kpis.share_text(week["satisfaction_share"], none))
+
     async def listing(self, what: str, user_id: str) -> str:
         agent_ref = await self.agent_ref(user_id)
         now = self.service.clock.now()
@@ -234,9 +244,12 @@ class SlackDesk:
             if what == "stats":
                 counts = await agent_desk.counts(session, agent.id,
                                                  agent_desk.day_start(now, calendar))
+                week = kpis.headline(await kpis.compute_kpis(
+                    session, start=now - timedelta(days=7), end=now, calendar=calendar))
                 return self.texts["command.stats"].format(
                     waiting=counts.waiting, owned=counts.owned, mine=counts.mine,
-                    resolved=counts.resolved_today, resolved_mine=counts.resolved_today_by_me)
+                    resolved=counts.resolved_today, resolved_mine=counts.resolved_today_by_me,
+                ) + "\n" + self.stats_kpis(week)
             entries = (await agent_desk.queue(session) if what == "queue"
                        else await agent_desk.owned_by(session, agent.id))
         if not entries:

@@ -145,7 +145,7 @@ class Conversation(Base):
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
     slack_channel: Mapped[str | None] = mapped_column(String(64))
     slack_thread_ts: Mapped[str | None] = mapped_column(String(32))
-    created_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(index=True)  # KPI periods (bot/kpis.py)
     updated_at: Mapped[datetime]
     handed_off_at: Mapped[datetime | None]
     # Where the hand-off card goes: "account_manager" (a strategic customer's green channel,
@@ -156,7 +156,7 @@ class Conversation(Base):
     satisfaction_at: Mapped[datetime | None]
     last_inbound_at: Mapped[datetime | None]
     last_outbound_at: Mapped[datetime | None]
-    resolved_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None] = mapped_column(index=True)
 
     contact: Mapped[Contact] = relationship()
     customer: Mapped[Customer | None] = relationship()
@@ -242,7 +242,7 @@ class Order(Base):
     bl_number: Mapped[str | None] = mapped_column(String(64))
     inspection: Mapped[dict[str, Any]] = mapped_column(default=dict)
     documents: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    delivered_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None] = mapped_column(index=True)
     progress_noted_at: Mapped[datetime | None]  # last weekly production note
     followup_sent_at: Mapped[datetime | None]  # post-delivery follow-up
     created_at: Mapped[datetime]
@@ -286,6 +286,7 @@ class Case(Base):
     """A complaint, return, technical request or hand-off, with its resolution."""
 
     __tablename__ = "cases"
+    __table_args__ = (Index("ix_cases_kind_opened_at", "kind", "opened_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[str] = mapped_column(String(32), unique=True)
@@ -324,7 +325,8 @@ class SlaClock(Base):
     reads only clocks that are due, through an index, however many are running."""
 
     __tablename__ = "sla_clocks"
-    __table_args__ = (Index("ix_sla_clocks_due", "status", "next_check_at"),)
+    __table_args__ = (Index("ix_sla_clocks_due", "status", "next_check_at"),
+                      Index("ix_sla_clocks_kind_started_at", "kind", "started_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
