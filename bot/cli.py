@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -212,16 +213,61 @@ def import_command(ctx: click.Context, config_path: Path | None, files: tuple[Pa
 
 @main.command()
 @config_option
+@click.option("--from", "from_text", metavar="DATE",
+              help="Start: ISO date or datetime, company time unless an offset is given "
+                   "(default: 30 days before --to).")
+@click.option("--to", "to_text", metavar="DATE",
+              help="End: an ISO date includes that day; a datetime is the exclusive end "
+                   "(default: now).")
+@click.option("--channel", help="Only conversations on this channel (telegram, webchat, ...).")
+@click.option("--language", help="Only conversations in this language (en, zh, ...).")
+@click.option("--owner", help="Only conversations owned by this agent (its ref).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV, one row per metric: section, metric, value.")
 @click.pass_context
-def report(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
-    """Basic figures from the database: conversations, messages, delivery, cases."""
-    from bot.reporting import collect_report, format_report
+def report(ctx: click.Context, config_path: Path | None, from_text: str | None,
+           to_text: str | None, channel: str | None, language: str | None, owner: str | None,
+           as_json: bool, as_csv: bool) -> None:
+    """KPIs of a period: first response, resolution, SLA, satisfaction, disputes, delivery,
+    complaint categories, owners (definitions: docs/kpis.md)."""
+    from zoneinfo import ZoneInfo
 
+    from rich.console import Console
+
+    from bot.reporting import PeriodError, collect_report, format_csv, parse_period, render_report
+
+    if as_json and as_csv:
+        raise CliError("--json and --csv: choose one", EXIT_CONFIG)
     settings = settings_from(ctx, config_path)
-    figures = run_async(collect_report)(settings)
-    click.echo(json.dumps(figures, ensure_ascii=False, indent=2) if as_json
-               else format_report(figures))
+    try:
+        start, end = parse_period(from_text, to_text, ZoneInfo(settings.hours.timezone),
+                                  datetime.now(UTC))
+    except PeriodError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    figures = run_async(collect_report)(settings, start, end, channel=channel,
+                                        language=language, owner=owner)
+    if as_json:
+        click.echo(json.dumps(figures, ensure_ascii=False, indent=2))
+    elif as_csv:
+        click.echo(format_csv(figures), nl=False)
+    else:
+        render_report(figures, Console(file=sys.stdout))
+
+
+@main.command("password-hash")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from standard input instead of asking.")
+def password_hash(password_stdin: bool) -> None:
+    """An Argon2 hash for an agent's dashboard password ([agents.REF] password_hash)."""
+    from bot.web.dashboard import hash_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        raise CliError("the password needs at least 8 characters", EXIT_DATA)
+    click.echo(hash_password(password))
 
 
 def _instant(text: str | None, option: str) -> datetime:
@@ -286,6 +332,70 @@ def hours(ctx: click.Context, config_path: Path | None, at_text: str | None,
         minutes = result["working_minutes"]
         click.echo(f"working time between: {minutes // 60} h {minutes % 60:02d} min "
                    f"({minutes} minutes)")
+
+
+@main.group()
+def customer() -> None:
+    """A customer's data rights: export everything stored about them, or erase it."""
+
+
+@customer.command("export")
+@config_option
+@click.argument("ref", metavar="ID")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the JSON to this file (readable by its owner only) instead of stdout.")
+@click.pass_context
+def customer_export(ctx: click.Context, config_path: Path | None, ref: str,
+                    output: Path | None) -> None:
+    """Everything stored about customer ID (e.g. C-100), as JSON."""
+    from bot.privacy import CustomerNotFound, run_export
+
+    settings = settings_from(ctx, config_path)
+    try:
+        data = run_async(run_export)(settings, ref)
+    except CustomerNotFound as exc:
+        raise CliError(str(exc), EXIT_DATA) from None
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    if output is None:
+        click.echo(text)
+        return
+    try:
+        with open(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                  "w", encoding="utf-8") as file:
+            file.write(text + "\n")
+    except OSError as exc:
+        raise CliError(f"{output}: cannot write ({exc.strerror})", EXIT_DATA) from None
+    click.echo(f"customer {ref}: written to {output}", err=True)
+
+
+@customer.command("erase")
+@config_option
+@click.argument("ref", metavar="ID")
+@click.option("--yes", is_flag=True, help="Confirm the erasure; it cannot be undone.")
+@click.pass_context
+def customer_erase(ctx: click.Context, config_path: Path | None, ref: str, yes: bool) -> None:
+    """Erase customer ID's personal data for good; the figures stay computable."""
+    from bot.privacy import CustomerNotFound, run_erase
+
+    if not yes:
+        raise CliError(
+            f"erasing customer {ref} is irreversible: their name, e-mail, phone, company name, "
+            "chat ids and everything they wrote are removed for good (export first with "
+            f"'supportbot customer export {ref} --output FILE'); add --yes to erase", EXIT_DATA)
+    settings = settings_from(ctx, config_path)
+    try:
+        summary = run_async(run_erase)(settings, ref)
+    except CustomerNotFound as exc:
+        raise CliError(str(exc), EXIT_DATA) from None
+    changed = summary["changed"]
+    if summary["already_erased"]:
+        click.echo(f"customer {ref}: already erased on {summary['erased_at']}; nothing left")
+        return
+    click.echo(f"customer {ref} erased: {summary['contacts']} chat(s), "
+               f"{summary['conversations']} conversation(s), {changed['messages']} message(s), "
+               f"{changed['cases']} case(s), {changed['outbox']} outbox row(s) "
+               f"({changed['outbox_given_up']} undelivered, now failed); "
+               "rows, times and ratings kept for the figures")
 
 
 @main.group()

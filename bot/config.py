@@ -238,6 +238,15 @@ class AgentSettings(Section):
     slack_user_id: str | None = None
     email: str | None = None
     supervisor: bool = False
+    # For the dashboard login: an Argon2 hash made by `supportbot password-hash`.
+    password_hash: SecretStr | None = None
+
+    @field_validator("password_hash")
+    @classmethod
+    def _argon2(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("$argon2"):
+            raise ValueError("not an Argon2 hash; make one with 'supportbot password-hash'")
+        return value
 
 
 class WechatSettings(Section):
@@ -269,6 +278,10 @@ class WechatSettings(Section):
 class WebSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Signs the dashboard's login cookie. Unset, each process makes a random one: logins
+    # then end at a restart and do not carry across several processes.
+    session_secret: SecretStr | None = None
+    session_hours: int = Field(default=12, ge=1, le=24 * 30)
 
 
 class LimitsSettings(Section):

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from bot.db.database import DatabaseUnavailable
 from bot.service import Service
+from bot.web import dashboard
 from bot.web.webchat import build_router
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
     app = FastAPI(title="supportbot", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.include_router(build_router(service))
+    dashboard.install(app, service)
     if bolt_app is not None and service.settings.slack.mode == "http":
         app.include_router(slack_router(bolt_app))
     if service.settings.wechat.enabled:
