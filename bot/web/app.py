@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.db.database import DatabaseUnavailable
 from bot.service import Service
@@ -92,6 +93,17 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(ConnectionError)
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        """The database is unreachable mid-request: a clean 503 the platform retries (the
+        request's transaction was rolled back: nothing half-written)."""
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path,
+                    type(exc).__name__)
+        return JSONResponse({"error": "database unavailable, try again shortly"},
+                            status_code=503, headers={"Retry-After": "5"})
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
