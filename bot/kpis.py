@@ -198,7 +198,9 @@ async def compute_kpis(session: AsyncSession, *, start: datetime, end: datetime,
                SlaClock.stopped_at)
         .join(Conversation, Conversation.id == SlaClock.conversation_id)
         .where(SlaClock.kind == "first_response", *clock_scope,
-               SlaClock.stopped_at.is_not(None)))).all()
+               SlaClock.stopped_at.is_not(None),
+               # answered by a person (closed clocks ended without an answer)
+               SlaClock.status.in_(("met", "breached"))))).all()
 
     ratings = {int(rating): count for rating, count in (await session.execute(
         select(Conversation.satisfaction, func.count())

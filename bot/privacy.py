@@ -91,9 +91,27 @@ async def give_up_outbox(session: AsyncSession, reason: str, *where: Any) -> int
 
 
 async def blank_outbox(session: AsyncSession, *where: Any) -> int:
-    """The payloads (texts, buttons, attachments) of outbox rows."""
-    return await _update(session, update(OutboxItem).where(
+    """The payloads (texts, buttons, attachments) of outbox rows, and the platforms' error
+    texts, which can quote them."""
+    quoted_error = and_(OutboxItem.last_error.is_not(None),
+                        OutboxItem.last_error != ERASED_REASON)
+    changed = await _update(session, update(OutboxItem).where(*where, quoted_error)
+                            .values(last_error=None))
+    return changed + await _update(session, update(OutboxItem).where(
         *where, _not_empty(OutboxItem.payload, "{}")).values(payload={}))
+
+
+async def blank_order_notes(session: AsyncSession, customer_id: int) -> int:
+    """Free-text notes in the customer's order events (stages, dates and numbers stay)."""
+    changed = 0
+    events = (await session.execute(
+        select(OrderEvent).where(OrderEvent.order_id.in_(
+            select(Order.id).where(Order.customer_id == customer_id))))).scalars()
+    for event in events:
+        if "note" in (event.changes or {}):
+            event.changes = {k: v for k, v in event.changes.items() if k != "note"}
+            changed += 1
+    return changed
 
 
 async def blank_cases(session: AsyncSession, *where: Any) -> int:
@@ -208,11 +226,13 @@ async def _customer(session: AsyncSession, ref: str) -> Customer:
 
 async def _conversation_ids(session: AsyncSession, customer: Customer,
                             lock: bool = False) -> list[int]:
-    """The customer's conversations: linked to them, or on a chat linked to them (a chat
-    that proved ownership later may have earlier conversations without the link)."""
+    """The customer's conversations: linked to them, or unlinked ones on a chat linked to
+    them (a chat that proved ownership later may have earlier conversations without the
+    link). A conversation linked to another customer is theirs, even on a shared chat."""
     linked_chats = select(Contact.id).where(Contact.customer_id == customer.id)
     query = select(Conversation.id).where(or_(
-        Conversation.customer_id == customer.id, Conversation.contact_id.in_(linked_chats))
+        Conversation.customer_id == customer.id,
+        and_(Conversation.customer_id.is_(None), Conversation.contact_id.in_(linked_chats)))
     ).order_by(Conversation.id)
     if lock:  # PostgreSQL: conversation rows first, like every other writer
         query = query.with_for_update()
@@ -319,11 +339,12 @@ async def erase_customer(session: AsyncSession, ref: str, now: datetime) -> dict
     their_outbox = OutboxItem.message_id.in_(
         select(Message.id).where(Message.conversation_id.in_(conversation_ids)))
     changed = {
-        "outbox_given_up": await give_up_outbox(session, ERASED_REASON, their_outbox),
         "outbox": await blank_outbox(session, their_outbox),
+        "outbox_given_up": await give_up_outbox(session, ERASED_REASON, their_outbox),
         "messages": await blank_messages(session, Message.conversation_id.in_(conversation_ids)),
         "cases": await blank_cases(session, or_(Case.customer_id == customer.id,
                                                 Case.conversation_id.in_(conversation_ids))),
+        "order_notes": await blank_order_notes(session, customer.id),
         "conversations": await forget_conversation_state(
             session, Conversation.id.in_(conversation_ids)),
         "contacts": await erase_contacts(session, contacts),

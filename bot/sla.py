@@ -137,10 +137,15 @@ class SlaRules:
             clock.segment_started_at, now))
 
     async def stop(self, session: AsyncSession, conversation_id: int, kinds: tuple[str, ...] | None,
-                   now: datetime) -> list[SlaClock]:
+                   now: datetime, closed: bool = False) -> list[SlaClock]:
+        """End clocks as met or breached; with ``closed``, as neither (the conversation
+        ended without the answer the clock waited for, e.g. resolved without a reply)."""
         stopped = await self._open_clocks(session, conversation_id, kinds)
         for clock in stopped:
             clock.working_minutes = self._worked(clock, now)
+            if closed and clock.breached_at is None:
+                clock.status, clock.stopped_at, clock.next_check_at = "closed", now, None
+                continue
             if clock.status == "paused":  # its deadline is stale: judge by the time it ran
                 late = clock.breached_at is not None or \
                     clock.working_minutes >= clock.target_minutes
@@ -218,6 +223,10 @@ class SlaRules:
 
     async def after_resolve(self, session: AsyncSession, conversation_id: int,
                             now: datetime) -> None:
+        # A response clock still open at resolution was never answered by a person: it is
+        # closed, not "met" (it would flatter the first-response figures); one already
+        # breached stays breached.
+        await self.stop(session, conversation_id, REPLY_STOPS, now, closed=True)
         await self.stop(session, conversation_id, None, now)
 
     # --- the sweep --------------------------------------------------------------------------

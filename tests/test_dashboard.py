@@ -134,3 +134,47 @@ def test_password_hash_command_makes_a_verifiable_hash() -> None:
     assert hashed.startswith("$argon2id$") and PasswordHasher().verify(hashed, "a-long-password")
     short = CliRunner().invoke(main, ["password-hash", "--password-stdin"], input="short\n")
     assert short.exit_code == 1
+
+
+async def test_changing_the_password_ends_old_sessions(dashboard: Any) -> None:
+    service, http = dashboard
+    assert (await sign_in(http)).status_code == 303
+    assert (await http.get("/dashboard/api/me")).status_code == 200
+    old = service.settings.agents["lena"].password_hash
+    service.settings.agents["lena"].password_hash = type(old)(hash_password("a new password"))  # type: ignore[misc]
+    try:
+        assert (await http.get("/dashboard/api/me")).status_code == 401
+    finally:
+        service.settings.agents["lena"].password_hash = old
+
+
+async def test_a_cookie_signed_with_another_key_is_refused(dashboard: Any) -> None:
+    from itsdangerous import TimestampSigner
+
+    _, http = dashboard
+    import base64
+    import json as json_module
+
+    payload = base64.b64encode(json_module.dumps({"agent": "lena"}).encode())
+    forged = TimestampSigner("not-the-secret").sign(payload).decode()
+    http.cookies.set("supportbot_session", forged)
+    assert (await http.get("/dashboard/api/me")).status_code == 401
+
+
+async def test_repeated_failures_are_throttled_and_bad_dates_refused(dashboard: Any) -> None:
+    _, http = dashboard
+    for _ in range(5):
+        await sign_in(http, "lena", "wrong")
+    # Even the right password is refused while the name is throttled.
+    response = await sign_in(http)
+    assert response.headers["location"] == "/dashboard/login?failed=1"
+    assert (await http.get("/dashboard/api/me")).status_code == 401
+
+
+async def test_out_of_range_dates_are_refused_clearly(dashboard: Any) -> None:
+    _, http = dashboard
+    await sign_in(http)
+    for value in ("9999-12-31", "0001-01-01"):
+        response = await http.get("/dashboard/api/kpis", params={"from": value})
+        assert response.status_code == 422, value
+    assert (await http.get("/dashboard/api/kpis")).headers["cache-control"] == "no-store"

@@ -313,7 +313,7 @@ async def test_the_retention_purge_and_erasure_share_their_code(settings: Settin
                        "Bruno Costa", "tg-bruno-4410"):
             assert all(needle not in text for text in purged.values()), needle
         summary = await erase(service, "C-100")
-        assert summary["changed"] == {"outbox_given_up": 0, "outbox": 0, "messages": 0,
+        assert summary["changed"] == {"outbox_given_up": 0, "outbox": 0, "messages": 0, "order_notes": 0,
                                       "cases": 0, "conversations": 0, "contacts": 0,
                                       "customer": 1}
         after = await dump(service)

@@ -332,7 +332,7 @@ class SlaClock(Base):
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
     kind: Mapped[str] = mapped_column(String(32))
-    # running | paused | met | breached
+    # running | paused | met | breached | closed (ended without the awaited answer)
     status: Mapped[str] = mapped_column(String(16), default="running")
     calendar: Mapped[str] = mapped_column(String(32), default="default")
     target_minutes: Mapped[int]

@@ -7,7 +7,9 @@ cookie (Starlette's SessionMiddleware), HTTP-only and same-site.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
+import time as time_module
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,20 +18,41 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
 from bot.db.models import Agent, Conversation, Customer, Message, OwnershipEvent, SlaClock
 from bot.service import Service
 
 STATIC = Path(__file__).parent / "static"
+NO_STORE = {"Cache-Control": "no-store"}  # customer data: never kept by browsers or proxies
 HASHER = PasswordHasher()
 SESSION_KEY = "agent"
+FINGERPRINT_KEY = "credential"  # which password the login was made with
 FAILED_LOGIN_DELAY_SECONDS = 0.5  # slows password guessing; the hash itself is slow too
+# Argon2 takes ~0.2 s of CPU and 64 MiB: checks run in worker threads, a few at a time, so
+# a burst of logins cannot stall webhooks and the web chat on the event loop.
+CONCURRENT_CHECKS = 2
+FAILURES_ALLOWED = 5  # per agent name and per client address, in FAILURE_WINDOW
+FAILURE_WINDOW_SECONDS = 15 * 60
+EARLIEST, LATEST = date(2000, 1, 1), date(2100, 12, 31)  # dates the KPI filters accept
 
 
 def hash_password(password: str) -> str:
     return HASHER.hash(password)
+
+
+def check_password(stored: str, password: str) -> bool:
+    try:
+        return HASHER.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def fingerprint(stored_hash: str) -> str:
+    """A short digest of the agent's password hash, kept in the session cookie."""
+    return hashlib.sha256(stored_hash.encode()).hexdigest()[:32]
 
 
 def install(app: FastAPI, service: Service) -> None:
@@ -38,7 +61,7 @@ def install(app: FastAPI, service: Service) -> None:
         else secrets.token_urlsafe(32)
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie="supportbot_session",
                        max_age=settings.web.session_hours * 3600, same_site="strict",
-                       https_only=False)
+                       https_only=settings.web.secure_cookies)
     app.include_router(build_router(service))
 
 
@@ -46,10 +69,32 @@ def build_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/dashboard")
     agents = service.settings.agents
     calendar = service.calendars["default"]
+    checks = asyncio.Semaphore(CONCURRENT_CHECKS)
+    failures: dict[str, list[float]] = {}
+
+    def stored_hash(ref: str) -> str | None:
+        agent = agents.get(ref)
+        return agent.password_hash.get_secret_value() if agent and agent.password_hash else None
 
     def signed_in(request: Request) -> str | None:
+        """The agent of a valid session: signed, and made with the agent's current
+        password (changing or removing it ends every session made with the old one)."""
         ref = request.session.get(SESSION_KEY)
-        return ref if isinstance(ref, str) and ref in agents else None
+        if not isinstance(ref, str) or (stored := stored_hash(ref)) is None:
+            return None
+        expected = fingerprint(stored)
+        given = request.session.get(FINGERPRINT_KEY)
+        return ref if isinstance(given, str) and secrets.compare_digest(given, expected) \
+            else None
+
+    def throttled(*keys: str) -> bool:
+        now = time_module.monotonic()
+        for key in keys:
+            recent = [t for t in failures.get(key, []) if now - t < FAILURE_WINDOW_SECONDS]
+            failures[key] = recent
+            if len(recent) >= FAILURES_ALLOWED:
+                return True
+        return False
 
     def refused() -> JSONResponse:
         return JSONResponse({"error": "sign in first"}, status_code=401)
@@ -68,19 +113,24 @@ def build_router(service: Service) -> APIRouter:
     @router.post("/login", include_in_schema=False)
     async def login(request: Request, username: str = Form(...),
                     password: str = Form(...)) -> Response:
-        agent = agents.get(username.strip())
-        stored = agent.password_hash.get_secret_value() if agent and agent.password_hash \
-            else None
-        try:
+        name = username.strip()
+        client = request.client.host if request.client else "?"
+        keys = (f"agent:{name}", f"client:{client}")
+        if throttled(*keys):
+            await asyncio.sleep(FAILED_LOGIN_DELAY_SECONDS)
+            return RedirectResponse("/dashboard/login?failed=1", status_code=303)
+        stored = stored_hash(name)
+        async with checks:
             # Verify against a real hash even for unknown names: the answer takes as long.
-            ok = HASHER.verify(stored or DUMMY_HASH, password) and stored is not None
-        except (VerificationError, InvalidHashError):
-            ok = False
-        if not ok:
+            ok = await run_in_threadpool(check_password, stored or DUMMY_HASH, password)
+        if not ok or stored is None:
+            for key in keys:
+                failures.setdefault(key, []).append(time_module.monotonic())
             await asyncio.sleep(FAILED_LOGIN_DELAY_SECONDS)
             return RedirectResponse("/dashboard/login?failed=1", status_code=303)
         request.session.clear()
-        request.session[SESSION_KEY] = username.strip()
+        request.session[SESSION_KEY] = name
+        request.session[FINGERPRINT_KEY] = fingerprint(stored)
         return RedirectResponse("/dashboard", status_code=303)
 
     @router.post("/logout", include_in_schema=False)
@@ -93,7 +143,7 @@ def build_router(service: Service) -> APIRouter:
         ref = signed_in(request)
         if ref is None:
             return refused()
-        return JSONResponse({"agent": ref, "name": agents[ref].name or ref})
+        return JSONResponse({"agent": ref, "name": agents[ref].name or ref}, headers=NO_STORE)
 
     @router.get("/api/kpis")
     async def kpis(request: Request,
@@ -105,12 +155,15 @@ def build_router(service: Service) -> APIRouter:
             return refused()
         from bot.kpis import compute_kpis
 
+        if any(d is not None and not EARLIEST <= d <= LATEST for d in (start, end)):
+            return JSONResponse({"error": f"dates must be between {EARLIEST} and {LATEST}"},
+                                status_code=422)
         first, last = date_range(start, end, service.clock.now(), calendar.timezone)
         async with service.db.sessions() as session:
             figures = await compute_kpis(session, start=first, end=last, calendar=calendar,
                                          channel=channel or None, language=language or None,
                                          owner=owner or None)
-        return JSONResponse(figures)
+        return JSONResponse(figures, headers=NO_STORE)
 
     @router.get("/api/options")
     async def options(request: Request) -> JSONResponse:
@@ -122,7 +175,8 @@ def build_router(service: Service) -> APIRouter:
             languages = sorted(x for x in set((await session.execute(
                 select(Conversation.language).distinct())).scalars()) if x)
             owners = sorted(set((await session.execute(select(Agent.ref))).scalars()))
-        return JSONResponse({"channels": channels, "languages": languages, "owners": owners})
+        return JSONResponse({"channels": channels, "languages": languages, "owners": owners},
+                            headers=NO_STORE)
 
     @router.get("/api/queue")
     async def queue(request: Request) -> JSONResponse:
@@ -130,12 +184,18 @@ def build_router(service: Service) -> APIRouter:
         if signed_in(request) is None:
             return refused()
         async with service.db.sessions() as session:
+            # The most urgent first, in SQL, so the limit never drops an urgent one.
+            next_deadline = (select(func.min(SlaClock.deadline_at))
+                             .where(SlaClock.conversation_id == Conversation.id,
+                                    SlaClock.status == "running")
+                             .correlate(Conversation).scalar_subquery())
             rows = (await session.execute(
                 select(Conversation, Customer.company, Agent.ref)
                 .outerjoin(Customer, Customer.id == Conversation.customer_id)
                 .outerjoin(Agent, Agent.id == Conversation.owner_id)
                 .where(Conversation.status.in_(("handed_off", "owned")))
-                .order_by(Conversation.id).limit(500))).all()
+                .order_by(next_deadline.is_(None), next_deadline, Conversation.id)
+                .limit(500))).all()
             deadlines: dict[int, list[tuple[str, datetime]]] = {}
             clocks = (await session.execute(
                 select(SlaClock.conversation_id, SlaClock.kind, SlaClock.deadline_at)
@@ -158,7 +218,8 @@ def build_router(service: Service) -> APIRouter:
                 "overdue": bool(due and due[0][1] <= service.clock.now()),
             })
         entries.sort(key=lambda e: (e["next_deadline"] is None, e["next_deadline"] or ""))
-        return JSONResponse({"now": iso(service.clock.now()), "conversations": entries})
+        return JSONResponse({"now": iso(service.clock.now()), "conversations": entries},
+                            headers=NO_STORE)
 
     @router.get("/api/conversations/{conversation_id}")
     async def timeline(request: Request, conversation_id: int) -> JSONResponse:
@@ -205,7 +266,7 @@ def build_router(service: Service) -> APIRouter:
                              "language": conversation.language,
                              "owner": agent_refs.get(conversation.owner_id),
                              "satisfaction": conversation.satisfaction},
-            "events": events})
+            "events": events}, headers=NO_STORE)
 
     return router
 
