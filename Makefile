@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DATA := knowledge/demo/customers.jsonl knowledge/demo/orders.jsonl
 PG_URL_DEFAULT := postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: venv run test test-sqlite test-postgres bench lint clean docker
+.PHONY: venv run test test-sqlite test-postgres bench stress lint clean docker
 
 venv: $(STAMP)
 
@@ -67,6 +67,20 @@ bench: venv
 	  $(PY) bench/run_all.py; \
 	else \
 	  echo "no benchmarks yet (bench/run_all.py does not exist)"; \
+	fi
+
+# Hostile input with many more random examples (tests/test_hostile.py; docs/security.md).
+STRESS_EXAMPLES ?= 2000
+stress: venv
+	@echo "==> hostile input on SQLite, $(STRESS_EXAMPLES) examples per property"
+	SUPPORTBOT_FUZZ_EXAMPLES=$(STRESS_EXAMPLES) SUPPORTBOT_TEST_DATABASE=sqlite \
+	  $(PY) -m pytest -q tests/test_hostile.py
+	@if $(PY) scripts/pg_available.py; then \
+	  echo "==> hostile input on PostgreSQL, $(STRESS_EXAMPLES) examples per property"; \
+	  SUPPORTBOT_FUZZ_EXAMPLES=$(STRESS_EXAMPLES) SUPPORTBOT_TEST_DATABASE=postgresql \
+	    $(PY) -m pytest -q tests/test_hostile.py; \
+	else \
+	  echo "PostgreSQL at 127.0.0.1:5432 not reachable: skipping the PostgreSQL run"; \
 	fi
 
 lint: venv

@@ -12,6 +12,7 @@ BENCHMARKS = [
     [sys.executable, str(HERE / "intents_bench.py"), "--detector", "langdetect"],
     [sys.executable, str(HERE / "sla_sweep_bench.py"), "--postgres"],
     [sys.executable, str(HERE / "report_bench.py")],
+    [sys.executable, str(HERE / "load_bench.py")],
 ]
 
 

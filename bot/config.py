@@ -282,12 +282,17 @@ class WebSettings(Section):
     # then end at a restart and do not carry across several processes.
     session_secret: SecretStr | None = None
     session_hours: int = Field(default=12, ge=1, le=24 * 30)
+    # Mark the login cookie Secure (sent over HTTPS only). Turn on behind an HTTPS proxy.
+    secure_cookies: bool = False
 
 
 class LimitsSettings(Section):
     """Guards against abuse; a longer customer message is refused with a clear reply."""
 
     max_message_chars: int = Field(default=8000, ge=1)
+    # Inbound messages stored per chat in any sliding minute; more are refused (one polite
+    # notice a minute, the rest dropped silently: bot/rate_limit.py). 0 turns it off.
+    messages_per_minute: int = Field(default=20, ge=0)
 
 
 class OutboxSettings(Section):
@@ -298,6 +303,11 @@ class OutboxSettings(Section):
     max_delay_seconds: float = Field(default=300.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     lease_seconds: float = Field(default=60.0, gt=0)  # a claimed row is retried after this
+    # Back-pressure: the backlog stays in the database. A dispatcher holds at most one batch
+    # of due row ids per channel and one claimed row per send in flight, however slow the
+    # platform; replies to different chats are sent concurrently, one chat's in order.
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    concurrency: int = Field(default=4, ge=1, le=256)  # sends in flight per channel (serve)
 
 
 class SchedulerSettings(Section):

@@ -6,20 +6,29 @@ chat go out in order: a chat's later replies wait while its oldest pending one i
 Each attempt first claims its row with a conditional update (a lease), so several
 dispatchers, in one process or many, never send the same reply twice, and no database
 transaction stays open while a platform is called.
+
+Back-pressure: the backlog lives in the database, never in memory. ``serve`` runs one loop
+per channel (a slow platform holds up only its own replies); each loop takes at most
+``[outbox] batch_size`` due row ids at a time and has at most ``[outbox] concurrency`` sends
+in flight, each holding one claimed row. However many rows wait and however slow the
+platform, a process holds at most channels × (batch_size ids + concurrency rows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Integer, Select, bindparam, func, or_, select, update
 from sqlalchemy.orm import aliased
 
+from bot import metrics
 from bot.channels.base import (
     Channel,
     Delivery,
@@ -46,6 +55,31 @@ def backoff_delay(attempt: int, settings: OutboxSettings,
     return ceiling / 2 + jitter() * ceiling / 2
 
 
+def _due_heads_query() -> Select[Any]:
+    """Built once: constructing it costs more than running it (about 1 ms of CPU for the
+    ORM alias), and the dispatcher runs it about twice per reply."""
+    older = aliased(OutboxItem)
+    now = bindparam("now", type_=OutboxItem.next_attempt_at.type)
+    oldest_pending = (
+        select(func.min(older.id))
+        .where(older.status == "pending", older.channel == OutboxItem.channel,
+               older.chat == OutboxItem.chat,
+               or_(older.next_attempt_at <= now, older.attempts > 0))
+        .scalar_subquery()
+    )
+    return (
+        select(OutboxItem.id)
+        .where(OutboxItem.status == "pending",
+               OutboxItem.next_attempt_at <= now,
+               OutboxItem.channel.in_(bindparam("channels", expanding=True)),
+               OutboxItem.id == oldest_pending)
+        .order_by(OutboxItem.id).limit(bindparam("limit", type_=Integer))
+    )
+
+
+DUE_HEADS = _due_heads_query()
+
+
 class OutboxDispatcher:
     def __init__(self, db: Database, clock: Clock, channels: dict[str, Channel],
                  settings: OutboxSettings, jitter: Callable[[], float] = random.random) -> None:
@@ -55,6 +89,7 @@ class OutboxDispatcher:
         self.settings = settings
         self._jitter = jitter
         self._wake = asyncio.Event()
+        self._wakes: dict[str, asyncio.Event] = {}  # one per channel loop of run()
         # Told about every message that could not be delivered, or is held until the
         # customer writes again (the service tells the conversation's agents); nothing
         # fails silently.
@@ -62,33 +97,26 @@ class OutboxDispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+        for event in self._wakes.values():
+            event.set()
 
-    async def _due_heads(self, limit: int) -> list[int]:
+    async def _due_heads(self, limit: int, channel: str | None = None) -> list[int]:
         """Ids of due rows that are the oldest pending row of their chat. A row scheduled
         for later and never tried (a proactive message waiting out quiet hours) does not
         hold back the chat's replies; a row being retried does, to keep the order."""
-        older = aliased(OutboxItem)
-        now = self.clock.now()
-        oldest_pending = (
-            select(func.min(older.id))
-            .where(older.status == "pending", older.channel == OutboxItem.channel,
-                   older.chat == OutboxItem.chat,
-                   or_(older.next_attempt_at <= now, older.attempts > 0))
-            .scalar_subquery()
-        )
-        query = (
-            select(OutboxItem.id)
-            .where(OutboxItem.status == "pending",
-                   OutboxItem.next_attempt_at <= now,
-                   OutboxItem.channel.in_(list(self.channels)),
-                   OutboxItem.id == oldest_pending)
-            .order_by(OutboxItem.id).limit(limit)
-        )
-        async with self.db.sessions() as session:
-            return list((await session.execute(query)).scalars())
+        channels = [channel] if channel else list(self.channels)
+        if not channels:
+            return []
+        async with self.db.engine.connect() as connection:
+            result = await connection.execute(DUE_HEADS, {
+                "now": self.clock.now(), "channels": channels, "limit": limit})
+            return list(result.scalars())
 
-    async def dispatch_due(self, limit: int = 200) -> int:
-        """Send everything that is due now; returns how many rows were delivered."""
+    async def dispatch_due(self, limit: int | None = None) -> int:
+        """Send everything that is due now, one row at a time in id order (replay, chat and
+        the web chat's request, whose output is deterministic); returns how many rows were
+        delivered. At most ``limit`` (default ``[outbox] batch_size``) ids are held at once."""
+        limit = limit or self.settings.batch_size
         delivered = 0
         while True:
             heads = await self._due_heads(limit)
@@ -105,16 +133,19 @@ class OutboxDispatcher:
         process or task can win. The claim is a lease: if this process dies while
         sending, the row becomes due again when the lease ends (at-least-once)."""
         now = self.clock.now()
-        async with self.db.sessions.begin() as session:
-            claimed = await session.execute(
+        # Core, not the ORM session: a third of the cost, and the dispatcher does this for
+        # every reply. The row comes back detached, as a plain OutboxItem.
+        async with self.db.engine.begin() as connection:
+            claimed = (await connection.execute(
                 update(OutboxItem)
                 .where(OutboxItem.id == outbox_id, OutboxItem.status == "pending",
                        OutboxItem.next_attempt_at <= now)
                 .values(attempts=OutboxItem.attempts + 1,
-                        next_attempt_at=now + timedelta(seconds=self.settings.lease_seconds)))
-            if claimed.rowcount == 0:  # type: ignore[attr-defined]
-                return None  # delivered meanwhile, or claimed by another dispatcher
-            return await session.get(OutboxItem, outbox_id)
+                        next_attempt_at=now + timedelta(seconds=self.settings.lease_seconds))
+                .returning(*OutboxItem.__table__.columns))).first()
+        if claimed is None:
+            return None  # delivered meanwhile, or claimed by another dispatcher
+        return OutboxItem(**claimed._mapping)
 
     async def _deliver(self, outbox_id: int) -> bool:
         item = await self._claim(outbox_id)
@@ -124,7 +155,8 @@ class OutboxDispatcher:
         status, error, external_id, retry_after = "sent", None, None, None
         parts_sent: int | None = None
         try:
-            external_id = await self.channels[item.channel].send(delivery)
+            with metrics.sending(item.channel):
+                external_id = await self.channels[item.channel].send(delivery)
         except PermanentDeliveryError as exc:
             status, error = "failed", str(exc)[:500]
             log.warning("outbox %d to %s failed permanently: %s", item.id, item.channel, exc)
@@ -155,9 +187,10 @@ class OutboxDispatcher:
                 values["next_attempt_at"] = now + timedelta(seconds=delay)
                 log.info("outbox %d to %s: retry %d in %.1f s (%s)", item.id, item.channel,
                          item.attempts, delay, error)
-        async with self.db.sessions.begin() as session:
-            await session.execute(update(OutboxItem).where(OutboxItem.id == item.id)
-                                  .values(**values))
+        async with self.db.engine.begin() as connection:
+            await connection.execute(update(OutboxItem).where(OutboxItem.id == item.id)
+                                     .values(**values))
+        metrics.delivered(item.channel, str(values["status"]), item.created_at, now)
         if values["status"] in ("failed", "held") and self.on_failed is not None:
             try:
                 await self.on_failed(item, str(values["status"]), error or "")
@@ -166,12 +199,55 @@ class OutboxDispatcher:
         return status == "sent"
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set: on every wake-up, and every poll interval for retries."""
-        while not stop.is_set():
-            self._wake.clear()  # before dispatching, so a wake-up during it is not lost
-            try:
-                await self.dispatch_due()
-            except Exception:  # keep delivering after a database hiccup
-                log.exception("outbox dispatch failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_seconds)
+        """Deliver until ``stop`` is set: one loop per channel, each on every wake-up and
+        every poll interval for retries."""
+        async with asyncio.TaskGroup() as group:
+            for channel in self.channels:
+                group.create_task(self._run_channel(channel, stop), name=f"outbox-{channel}")
+
+    async def _run_channel(self, channel: str, stop: asyncio.Event) -> None:
+        """One channel's deliveries in ``serve``, with up to ``[outbox] concurrency`` sends in
+        flight. Memory stays bounded however slow the platform: one batch of at most
+        ``[outbox] batch_size`` row ids, and one task with its claimed row per send in
+        flight; the rest of the backlog waits in the database. The rows of a batch are the
+        heads of different chats, and a row being sent stays its chat's head until it is
+        done, so concurrent sends keep each chat's order."""
+        wake = self._wakes.setdefault(channel, asyncio.Event())
+        slots = asyncio.Semaphore(self.settings.concurrency)
+        in_flight: dict[int, asyncio.Task[bool]] = {}
+
+        def finished(outbox_id: int, task: asyncio.Task[bool]) -> None:
+            in_flight.pop(outbox_id, None)
+            slots.release()
+            wake.set()  # the chat's next reply may be due now
+            if not task.cancelled() and (error := task.exception()) is not None:
+                log.error("outbox %d to %s: delivery failed; retrying later", outbox_id,
+                          channel, exc_info=error)
+
+        try:
+            while not stop.is_set():
+                wake.clear()  # before looking, so a wake-up meanwhile is not lost
+                try:
+                    heads = await self._due_heads(self.settings.batch_size, channel)
+                except Exception:  # keep delivering after a database hiccup
+                    log.exception("outbox: cannot read the due rows of %s; retrying", channel)
+                    heads = []
+                started = 0
+                for outbox_id in heads:
+                    if outbox_id in in_flight:
+                        continue
+                    await slots.acquire()  # back-pressure: wait for a send to finish
+                    if stop.is_set():
+                        slots.release()
+                        break
+                    task = asyncio.create_task(self._deliver(outbox_id))
+                    in_flight[outbox_id] = task
+                    task.add_done_callback(functools.partial(finished, outbox_id))
+                    started += 1
+                if started and len(heads) == self.settings.batch_size:
+                    continue  # a full batch: more rows may be due, take the next one at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=self.settings.poll_seconds)
+        finally:
+            if in_flight:  # let the sends under way finish and record their outcome
+                await asyncio.gather(*in_flight.values(), return_exceptions=True)

@@ -20,12 +20,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from bot import metrics
 from bot.clock import Clock
 from bot.config import Settings
 from bot.db.database import Database
 from bot.db.models import Agent, Contact, Conversation, Customer, Message, OutboxItem
 from bot.dialogue import Dialogue
 from bot.handoff import AGENTS_CHANNEL
+from bot.rate_limit import check as check_rate_limit
 from bot.sla import SlaRules
 from bot.types import InboundMessage, Reply
 from intents.understanding import Understanding
@@ -104,8 +106,21 @@ class Pipeline:
         return await self.process(received.message_id)
 
     async def receive(self, inbound: InboundMessage) -> Received:
+        try:
+            received = await self._receive(inbound)
+        except InvalidMessage:
+            metrics.inbound_rejected(inbound.channel)
+            raise
+        metrics.inbound(inbound.channel, duplicate=received.duplicate)
+        return received
+
+    async def _receive(self, inbound: InboundMessage) -> Received:
         text = clean_text(inbound.text, self.settings.limits.max_message_chars)
         now = self.clock.now()
+        # A flooding chat: refused once a minute, then dropped silently (bot/rate_limit.py).
+        dropped = await check_rate_limit(self.db, self.settings.limits, inbound, now)
+        if dropped is not None:
+            return dropped
         try:
             async with self.db.sessions.begin() as session:
                 if inbound.external_id is not None:
@@ -234,6 +249,7 @@ class Pipeline:
             outbox_ids = await self.queue_replies(session, conversation, replies, now,
                                                   in_reply_to=message.id)
         self.on_outbox()
+        metrics.processed(message.channel, message.created_at, self.clock.now())
         return Processed(message.id, conversation.id, understanding, replies, outbox_ids)
 
     async def _locked_conversation(self, session: AsyncSession,

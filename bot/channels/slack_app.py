@@ -29,6 +29,7 @@ from slack_bolt.adapter.starlette.async_handler import (
 )
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackClientError
+from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import select
 
 from bot import agent_desk, kpis, ownership
@@ -287,11 +288,12 @@ def build_bolt_app(service: Service) -> tuple[AsyncApp, SlackDesk]:
     return app, desk
 
 
-def build_router(app: AsyncApp) -> APIRouter:
+def build_router(app: AsyncApp, signing_secret: str | None) -> APIRouter:
     """``POST /webhooks/slack/events``: events, interactivity and slash commands. The body
     is read with a size cap before Bolt checks its signature, so an oversized request
     (with or without Content-Length) costs at most ``MAX_BODY_BYTES`` of memory."""
     router = APIRouter()
+    verifier = SignatureVerifier(signing_secret) if signing_secret else None
 
     @router.post(WEBHOOK_PATH, include_in_schema=False)
     async def slack_events(request: Request) -> Response:
@@ -299,9 +301,18 @@ def build_router(app: AsyncApp) -> APIRouter:
         if isinstance(body, Response):
             return body
         try:
-            body.decode("utf-8")
+            text = body.decode("utf-8")
         except UnicodeDecodeError:
             return Response("body is not UTF-8", status_code=400)
+        # The signature first, before Bolt parses anything: an unsigned body, however
+        # malformed (or with a malformed timestamp), is refused as unsigned.
+        if verifier is not None:
+            try:
+                genuine = verifier.is_valid_request(text, dict(request.headers))
+            except (ValueError, TypeError):
+                genuine = False
+            if not genuine:
+                return Response("invalid request signature", status_code=401)
         bolt_response = await app.async_dispatch(to_async_bolt_request(request, body))
         return to_starlette_response(bolt_response)
 

@@ -66,8 +66,9 @@ def build_router(service: Service, channel: TelegramChannel) -> APIRouter:
             if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
                 raise ValueError("not an update")
             inbound, callback_id = parse_update(data, channel.bot)
-        except (ValueError, TypeError, KeyError) as exc:
-            log.info("telegram: unreadable update refused: %s", exc)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            # Fields of the wrong type, absurd nesting: not something Telegram sends.
+            log.info("telegram: unreadable update refused: %s", type(exc).__name__)
             return Response("not a Telegram update", status_code=400)
         await handle_update(service, channel, inbound, callback_id)
         return JSONResponse({"ok": True})

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot import metrics
 from bot.db.database import DatabaseUnavailable
 from bot.service import Service
 from bot.web import dashboard
@@ -79,7 +80,8 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
     app.include_router(build_router(service))
     dashboard.install(app, service)
     if bolt_app is not None and service.settings.slack.mode == "http":
-        app.include_router(slack_router(bolt_app))
+        secret = service.settings.slack.signing_secret
+        app.include_router(slack_router(bolt_app, secret.get_secret_value() if secret else None))
     if service.settings.wechat.enabled:
         from bot.channels.wechat import build_router as wechat_router
 
@@ -112,6 +114,13 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
         except DatabaseUnavailable:
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
         return JSONResponse({"status": "ok", "database": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format: this process's counters plus the deployment's backlog
+        read from the database now (see bot/metrics.py; docs/operations.md)."""
+        body = await metrics.render(service.db, service.clock.now(), service.outbox.channels)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     return app
 

@@ -71,7 +71,7 @@ def build_router(service: Service) -> APIRouter:
             data = json.loads(body.decode("utf-8"))
         except UnicodeDecodeError:
             return _error(400, "request body is not valid UTF-8", "bad_encoding")
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return _error(400, "request body is not valid JSON", "bad_json")
         if not isinstance(data, dict) or not isinstance(data.get("text"), str):
             return _error(400, "expected a JSON object with a 'text' string", "bad_request")

@@ -1,0 +1,117 @@
+"""Rate limiting of a flooding chat, counted from the stored messages.
+
+At most ``[limits] messages_per_minute`` inbound messages of one chat (channel + chat id)
+are stored in any sliding minute. The count is read from the ``messages`` table, so it
+holds across processes and restarts without any shared memory.
+
+A message over the limit is never stored. What the sender gets:
+
+* the first refused message of a minute raises ``InvalidMessage("rate limited",
+  "error.rate_limited")``, which every channel already turns into one polite reply (the
+  web chat's 422, Telegram's direct message, WeChat's passive reply);
+* every further refused message within the minute after that notice is dropped
+  silently: ``check`` returns a ``Received`` marked as a duplicate that points at a
+  message of the chat that was processed already (the bot's latest reply), so the
+  channel acknowledges the platform and sends nothing. A flood therefore gets at most
+  one refusal a minute, and the bot never floods back.
+
+When the notice was given is kept in ``processed_events`` under one key per chat (a hash
+of the chat, never the chat id itself), claimed with a conditional update, so two
+processes cannot both send it. A redelivery of a message that was stored is never
+refused: it is answered as the duplicate it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.selectable import ScalarSelect
+
+from bot.db.models import Conversation, Message, ProcessedEvent
+
+if TYPE_CHECKING:
+    from bot.config import LimitsSettings
+    from bot.db.database import Database
+    from bot.pipeline import Received
+    from bot.types import InboundMessage
+
+WINDOW = timedelta(minutes=1)
+NOTICE_PREFIX = "rate-limit:"
+
+
+def notice_key(channel: str, chat: str) -> str:
+    """The ``processed_events`` key that remembers when a chat was last told."""
+    digest = hashlib.sha256(f"{channel}\x00{chat}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{NOTICE_PREFIX}{channel[:32]}:{digest[:40]}"
+
+
+async def check(db: Database, limits: LimitsSettings, inbound: InboundMessage,
+                now: datetime) -> Received | None:
+    """None when the message may be stored. Over the limit: raise ``InvalidMessage`` once
+    a minute, else return a duplicate-like ``Received`` (drop silently)."""
+    from bot.pipeline import InvalidMessage, Received
+
+    limit = limits.messages_per_minute
+    if limit <= 0:
+        return None
+    since = now - WINDOW
+    async with db.sessions() as session:
+        if inbound.external_id is not None and await session.scalar(
+                select(Message.id).where(Message.channel == inbound.channel,
+                                         Message.external_id == inbound.external_id)) is not None:
+            return None  # a redelivery: receive() answers it as the duplicate it is
+        # Every message stored in the last minute is in a conversation updated since
+        # (receive() sets updated_at), so only the chat's active conversations are read.
+        recent = select(Conversation.id).where(
+            Conversation.channel == inbound.channel, Conversation.chat == inbound.chat,
+            Conversation.updated_at >= since).scalar_subquery()
+        inbound_rows = (select(Message.id).where(
+            Message.conversation_id.in_(recent), Message.direction == "in",
+            Message.created_at >= since).limit(limit).subquery())
+        stored = int(await session.scalar(select(func.count()).select_from(inbound_rows)) or 0)
+        if stored < limit:
+            return None
+        latest = await _latest_processed(session, recent)
+    if await _claim_notice(db, notice_key(inbound.channel, inbound.chat), now, since) \
+            or latest is None:
+        raise InvalidMessage("rate limited", "error.rate_limited")
+    return Received(latest[0], latest[1], duplicate=True)
+
+
+async def _latest_processed(session: AsyncSession,
+                            recent: ScalarSelect[int]) -> tuple[int, int] | None:
+    """The chat's latest outbound message (its processing is over and no webhook answers
+    with it again), else its latest inbound one."""
+    for direction in ("out", "in"):
+        query = select(Message.id, Message.conversation_id).where(
+            Message.conversation_id.in_(recent), Message.direction == direction)
+        if direction == "out":
+            query = query.where(Message.processed_at.is_not(None))
+        row = (await session.execute(query.order_by(Message.id.desc()).limit(1))).first()
+        if row is not None:
+            return int(row[0]), int(row[1])
+    return None
+
+
+async def _claim_notice(db: Database, key: str, now: datetime, since: datetime) -> bool:
+    """True for exactly one caller per minute and chat: the one who sends the notice."""
+    try:
+        async with db.sessions.begin() as session:
+            claimed = await session.execute(
+                update(ProcessedEvent).where(ProcessedEvent.key == key,
+                                             ProcessedEvent.received_at <= since)
+                .values(received_at=now))
+            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                return True
+            if await session.get(ProcessedEvent, key) is not None:
+                return False  # told less than a minute ago
+            session.add(ProcessedEvent(key=key, received_at=now))
+            await session.flush()
+            return True
+    except IntegrityError:
+        return False  # another process told this chat at the same moment
