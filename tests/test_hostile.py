@@ -172,7 +172,7 @@ ascii_text = st.text(alphabet=string.ascii_letters + string.digits + string.punc
 
 # --- Telegram ----------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(repr=False)
 class Site:
     """A service behind its real ASGI app, with the platform's stand-in."""
 
@@ -180,6 +180,9 @@ class Site:
     http: httpx.AsyncClient
     stub: Any
     clock: ManualClock
+
+    def __repr__(self) -> str:  # hypothesis shows the arguments of a failing example
+        return f"Site({type(self.stub).__name__})"
 
 
 @pytest.fixture
@@ -280,8 +283,8 @@ async def seeded_thread(site: Site) -> tuple[int, str, str]:
     return conversation.id, str(conversation.slack_channel), conversation.slack_thread_ts
 
 
-# Bolt reads these keys while it builds the request, before the signature is checked; one
-# of the wrong JSON type gives a 500 (a known gap: see the end), so random objects avoid them.
+# Bolt reads these keys while it builds the request context; in a signed body one of the
+# wrong JSON type still gives a 500 (Slack never sends that), so random objects avoid them.
 BOLT_KEYS = {"actor_enterprise_id", "actor_team_id", "actor_user_id", "app_installed_team_id",
              "assistant_thread", "authorizations", "bot_access_token", "channel", "channel_id",
              "container", "context_enterprise_id", "context_team_id", "enterprise",
@@ -722,6 +725,12 @@ def toml_value(value: Any) -> str:
     return str(value)  # int, date
 
 
+SECRET_KEYS = {("telegram", "token"), ("telegram", "webhook_secret"), ("slack", "bot_token"),
+               ("slack", "signing_secret"), ("slack", "app_token"), ("wechat", "token"),
+               ("wechat", "app_secret"), ("wechat", "aes_key"), ("web", "session_secret")}
+SENTINEL = "xoxb-S3NT1NEL-secret"
+
+
 @st.composite
 def toml_documents(draw: st.DrawFn) -> bytes:
     parts = []
@@ -729,7 +738,8 @@ def toml_documents(draw: st.DrawFn) -> bytes:
         parts.append(f"[{section}]")
         for key in draw(st.lists(st.sampled_from(CONFIG_KEYS[section]), max_size=3,
                                  unique=True)):
-            parts.append(f"{key} = {toml_value(draw(toml_values))}")
+            secret = (section, key) in SECRET_KEYS and draw(st.booleans())
+            parts.append(f"{key} = {toml_value(SENTINEL if secret else draw(toml_values))}")
     text = "\n".join(parts) + "\n"
     if draw(st.integers(0, 4)) == 0:  # a broken byte or line somewhere
         at = draw(st.integers(0, len(text)))
@@ -750,8 +760,7 @@ def test_a_random_config_file_loads_or_gives_a_config_error(tmp_path: Path,
     except ConfigError as error:
         message = str(error)
         assert str(path) in message and "Traceback" not in message
-        for secret in ("xoxb-", "$argon2"):  # values are never echoed back
-            assert secret not in message or secret in str(path)
+        assert "S3NT1NEL" not in message  # a secret is never echoed back
     else:
         assert isinstance(settings, Settings)
 

@@ -193,7 +193,13 @@ async def test_a_slow_reply_goes_through_the_customer_service_api(wechat: Wechat
         reply = await answer_within(wechat.service, InboundMessage(
             channel="wechat", chat="oUser4", text="hello", external_id="slow-1"), 0.1)
         assert reply is None  # the callback answers "success"
-        await asyncio.sleep(0.8)  # processing finishes in the background
+        for _ in range(200):  # processing finishes in the background
+            async with wechat.service.db.sessions() as session:
+                queued = await session.scalar(select(func.count()).select_from(OutboxItem)
+                                              .where(OutboxItem.chat == "oUser4"))
+            if queued:
+                break
+            await asyncio.sleep(0.05)
     finally:
         pipeline.process = original  # type: ignore[method-assign]
         wechat.service.settings.wechat.reply_window_seconds = window
