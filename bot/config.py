@@ -40,6 +40,9 @@ ALL_LANGUAGES = ("en", "zh", "ru", "es", "fr", "de", "pt", "ar")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*$")
+# A longer duration is a typo, and one near timedelta's limit would overflow the first
+# time it is added to a date.
+MAX_DURATION = timedelta(days=36_500)
 _INTERVAL = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 
@@ -52,8 +55,16 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text) if isinstance(text, str) else None
     if not match or not any(match.groups()):
         raise ValueError(f"not a duration like '2h', '30m' or '1d 4h': {text!r}")
-    days, hours, minutes = (int(g) if g else 0 for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes)
+    duration: timedelta | None
+    try:
+        days, hours, minutes = (int(g) if g else 0 for g in match.groups())
+        duration = timedelta(days=days, hours=hours, minutes=minutes)
+    except (OverflowError, ValueError):  # past timedelta's billion days, or 4,300 digits
+        duration = None
+    if duration is None or duration > MAX_DURATION:
+        raise ValueError(f"a duration of at most {MAX_DURATION.days} days (100 years) is "
+                         "expected")
+    return duration
 
 
 class Section(BaseModel):

@@ -254,6 +254,8 @@ def read_jsonl(text: str) -> Iterator[tuple[int, Any]]:
             yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             yield number, _Malformed(f"not valid JSON ({exc.msg} at column {exc.colno})")
+        except RecursionError:
+            yield number, _Malformed("not valid JSON (nested too deeply)")
 
 
 @dataclass
@@ -274,6 +276,8 @@ def _csv_cell(column: str, value: str) -> Any:
                 return json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{column}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{column}: not valid JSON (nested too deeply)") from None
         parts = [part for part in value.split(";") if part.strip()]
         if column == "contacts":  # compact form: telegram:tg-1001;webchat:abc
             if not all(":" in part for part in parts):
@@ -288,7 +292,16 @@ def _csv_cell(column: str, value: str) -> Any:
 
 def read_csv(text: str) -> Iterator[tuple[int, Any]]:
     reader = csv.DictReader(io.StringIO(text))
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # The reader cannot go on after this: report the line and stop there.
+            yield max(reader.reader.line_num, 1), _Malformed(_csv_problem(exc))
+            return
         line = reader.line_num
         if None in row:
             yield line, _Malformed("more cells than header columns")
@@ -298,6 +311,16 @@ def read_csv(text: str) -> Iterator[tuple[int, Any]]:
                          if v is not None}
         except ValueError as exc:
             yield line, _Malformed(f"cannot read cell {exc}")
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    message = str(exc)
+    if "field larger than field limit" in message:
+        return f"a cell is longer than {csv.field_size_limit():,} characters"
+    if "new-line character seen in unquoted field" in message:
+        return ("a carriage return outside quotes (old Mac line ends?); save the file with "
+                "\\n or \\r\\n line ends")
+    return f"not valid CSV ({message})"
 
 
 def parse_text(text: str, fmt: Literal["jsonl", "csv"], kind: Kind | None = None) -> Batch:

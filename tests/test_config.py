@@ -123,3 +123,18 @@ def test_durations(text: str, minutes: int) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["36501d", "99999999999999999d", "9999999999999999999999h",
+                                  "999999999d 48h", "1" * 5000 + "m"])
+def test_absurdly_long_durations_are_refused(text: str) -> None:
+    assert parse_duration("36500d") == timedelta(days=36_500)  # 100 years is the most
+    with pytest.raises(ValueError, match="at most 36500 days"):
+        parse_duration(text)
+
+
+def test_an_absurdly_long_duration_in_the_file_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "supportbot.toml"
+    path.write_text('[sla]\nfirst_response = "99999999999999999d"\n')
+    with pytest.raises(ConfigError, match=r"sla\.first_response: a duration of at most"):
+        load_settings(path)

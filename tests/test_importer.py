@@ -362,6 +362,27 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
     assert "is a directory" in info.value.problems[0]
 
 
+@pytest.mark.parametrize("name, content, expected", [
+    ("deep.jsonl", '{"id": "C-1"}\n' + "[" * 100_000 + "]" * 100_000 + "\n",
+     "line 2: not valid JSON (nested too deeply)"),
+    ("deep.csv", "id,contacts\nC-1,\"" + "[" * 5_000 + "]" * 5_000 + "\"\n",
+     "line 2: cannot read cell contacts: not valid JSON (nested too deeply)"),
+    ("huge.csv", "id,company\nC-1,Acme\nC-2," + "x" * 200_000 + "\n",
+     "line 3: a cell is longer than 131,072 characters"),
+    ("mac.csv", "id,company\rC-1,Acme\r", "line 1: a carriage return outside quotes"),
+    ("mac-later.csv", "id,company\nC-1,Acme\nC-2,Beta\rC-3,Gamma\n",
+     "line 3: a carriage return outside quotes"),
+])
+def test_unparseable_lines_are_reported_with_file_and_line(
+        tmp_path: Path, name: str, content: str, expected: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, newline="")
+    with pytest.raises(ImportError_) as info:
+        read_file(path)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{path}: {expected}"), problem
+
+
 def test_invalid_utf8_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(b'{"id": "C-1"}\n{"id": "C-2"}\n{"id": "C-3", "company": "M\xfcller"}\n')

@@ -28,6 +28,17 @@ from slack_bolt.adapter.starlette.async_handler import (
     to_starlette_response,
 )
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.request.payload_utils import (
+    to_action,
+    to_command,
+    to_event,
+    to_message,
+    to_options,
+    to_shortcut,
+    to_step,
+    to_view,
+)
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackClientError
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import select
@@ -37,6 +48,7 @@ from bot.agent_actions import ActionOutcome, perform
 from bot.channels.slack import SlackChannel
 from bot.channels.slack_blocks import transfer_offer
 from bot.db.models import Agent
+from bot.pipeline import clip_text
 from bot.service import Service
 from bot.web.limits import read_body
 
@@ -50,6 +62,18 @@ WEBHOOK_PATH = "/webhooks/slack/events"
 # Thread messages an agent writes: plain, "also send to channel", and with a file attached.
 RELAYED_SUBTYPES = (None, "thread_broadcast", "file_share")
 SLACK_MARKUP = re.compile(r"<([^<>|]*)(?:\|([^<>]*))?>")
+# What a payload with a field of the wrong shape makes Bolt (or a listener) raise: Bolt
+# indexes into payloads without checking. Slack never sends such a payload; it gets a 400.
+SHAPE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
+# The views of the payload Bolt computes for every listener and error handler it calls.
+PAYLOAD_VIEWS = (to_options, to_shortcut, to_action, to_view, to_command, to_event,
+                 to_message, to_step)
+# Lengths of the columns a Slack id or name ends up in (agents.slack_user_id and .ref,
+# agents.name, processed_events.key): a longer value is refused or clipped, never sent to
+# the database to fail there.
+SLACK_ID_MAX = 64
+AGENT_NAME_MAX = 200
+ONCE_KEY_MAX = 128
 
 
 def plain_text(text: str) -> str:
@@ -69,13 +93,44 @@ def plain_text(text: str) -> str:
     return html.unescape(SLACK_MARKUP.sub(replace, text))
 
 
-def clicked_by(body: dict[str, Any]) -> str:
-    return str((body.get("user") or {}).get("id"))
+def slack_id(value: Any) -> str | None:
+    """A Slack id (user, channel) as a payload gives it, or None if it is not one."""
+    return value if isinstance(value, str) and 0 < len(value) <= SLACK_ID_MAX else None
+
+
+def _field(body: dict[str, Any], key: str, inner: str) -> Any:
+    value = body.get(key)
+    return value.get(inner) if isinstance(value, dict) else None
+
+
+def clicked_by(body: dict[str, Any]) -> str | None:
+    return slack_id(_field(body, "user", "id"))
 
 
 def clicked_in(body: dict[str, Any]) -> str | None:
     """Where a click's private answer goes: the channel of the card that was clicked."""
-    return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+    return slack_id(_field(body, "channel", "id")) \
+        or slack_id(_field(body, "container", "channel_id"))
+
+
+def unfit_payload(body: Any) -> str | None:
+    """Why a signed request's payload is not one Slack sends, in a way that would make Bolt
+    fail on it (a 500), or None. Slack's interactions always carry their actions."""
+    if not isinstance(body, dict):
+        return "the payload is not an object"
+    if body.get("type") == "block_actions" or (body.get("type") == "interactive_message"
+                                               and "callback_id" in body):
+        actions = body.get("actions")
+        if not isinstance(actions, list) or not actions:
+            return "an interaction without actions"
+        block_actions = body.get("type") == "block_actions"
+        if not all(isinstance(a, dict) and (not block_actions
+                                            or isinstance(a.get("action_id"), str))
+                   for a in actions):
+            return "an interaction with malformed actions"
+    for view in PAYLOAD_VIEWS:  # what Bolt computes before any listener or error handler
+        view(body)
+    return None
 
 
 class SlackDesk:
@@ -100,8 +155,9 @@ class SlackDesk:
             profile = info["user"].get("profile", {})
             name = (profile.get("display_name") or profile.get("real_name")
                     or info["user"].get("real_name") or info["user"].get("name"))
-        except (SlackClientError, KeyError, TypeError) as exc:
+        except (SlackClientError, KeyError, TypeError, AttributeError) as exc:
             log.info("users.info for %s failed (%s); recording the user id", user_id, exc)
+        name = clip_text(str(name), AGENT_NAME_MAX) if name else None
         async with self.service.db.sessions.begin() as session:
             agent = await ownership.agent_for_slack_user(session, user_id,
                                                          self.service.clock.now(), name)
@@ -160,34 +216,40 @@ class SlackDesk:
 
     async def on_card_button(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
+        user_id = clicked_by(body)
         try:
-            conversation_id = int(action.get("value", ""))
+            conversation_id = int(str(action.get("value", "")))
         except ValueError:
             log.warning("card button without a conversation id: %r", action.get("value"))
             return
-        await self.act(clicked_by(body), action["action_id"], conversation_id,
-                       where=clicked_in(body))
+        if user_id is None:
+            log.warning("card button without a user")
+            return
+        await self.act(user_id, action["action_id"], conversation_id, where=clicked_in(body))
 
     async def on_transfer(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         block_id = str(action.get("block_id", ""))
+        user_id, to_user = clicked_by(body), slack_id(action.get("selected_user"))
         if not block_id.startswith("card-") or not block_id[5:].isdigit() \
-                or not action.get("selected_user"):
+                or user_id is None or to_user is None:
             return
-        await self.act(clicked_by(body), "transfer", int(block_id[5:]),
-                       to_user=action["selected_user"], where=clicked_in(body))
+        await self.act(user_id, "transfer", int(block_id[5:]), to_user=to_user,
+                       where=clicked_in(body))
 
     async def on_message(self, event: dict[str, Any], body: dict[str, Any],
                          context: Any) -> None:
         """A message in a conversation's thread: the owner's reply goes to the customer,
         ``note:`` stays internal. Bots' messages (our own relays included) are ignored."""
+        user_id = slack_id(event.get("user"))
         if event.get("subtype") not in RELAYED_SUBTYPES or event.get("bot_id") \
-                or not event.get("user"):
+                or user_id is None:
             return
-        if event["user"] == getattr(context, "bot_user_id", None):
+        if user_id == getattr(context, "bot_user_id", None):
             return
-        thread_ts, channel = event.get("thread_ts"), event.get("channel")
-        if not thread_ts or thread_ts == event.get("ts") or not channel:
+        thread_ts, channel = event.get("thread_ts"), slack_id(event.get("channel"))
+        if not isinstance(thread_ts, str) or not thread_ts or thread_ts == event.get("ts") \
+                or not channel:
             return  # not in a thread: conversation with colleagues, not with a customer
         async with self.service.db.sessions() as session:
             conversation_id = await agent_desk.conversation_for_thread(session, channel, thread_ts)
@@ -201,14 +263,20 @@ class SlackDesk:
         if not text.strip():
             return
         event_id = body.get("event_id") or f"{channel}:{event.get('ts')}"
-        await self.act(event["user"], action, conversation_id, text=text,
-                       once_key=f"slack:{event_id}", where=channel, thread_ts=thread_ts)
+        once_key = f"slack:{event_id}"
+        if len(once_key) > ONCE_KEY_MAX:  # Slack's event ids are a dozen characters
+            log.warning("slack: event id too long to record; event ignored")
+            return
+        await self.act(user_id, action, conversation_id, text=text, once_key=once_key,
+                       where=channel, thread_ts=thread_ts)
 
     async def on_support_command(self, ack: Any, command: dict[str, Any]) -> None:
         words = str(command.get("text") or "").split()
         sub = words[0].lower() if words else ""
-        user_id = str(command.get("user_id"))
-        if sub in ("queue", "mine", "stats") and len(words) == 1:
+        user_id = slack_id(command.get("user_id"))
+        if user_id is None:  # Slack always says who typed the command
+            text = self.texts["command.usage"]
+        elif sub in ("queue", "mine", "stats") and len(words) == 1:
             text = await self.listing(sub, user_id)
         elif sub in ("take", "resolve") and len(words) == 2:
             text = await self.command_action(sub, words[1], user_id)
@@ -285,7 +353,20 @@ def build_bolt_app(service: Service) -> tuple[AsyncApp, SlackDesk]:
     app.action("transfer")(desk.on_transfer)
     app.event("message")(desk.on_message)
     app.command("/support")(desk.on_support_command)
+    app.error(on_error)
     return app, desk
+
+
+async def on_error(error: Exception) -> BoltResponse | None:
+    """Bolt's handler for an exception in a middleware or listener: a payload field of an
+    unexpected shape is a bad request (400); anything else (the database is down, say)
+    stays a 500, so Slack retries the event."""
+    if isinstance(error, SHAPE_ERRORS):
+        log.warning("slack: a payload of an unexpected shape: %s", type(error).__name__,
+                    exc_info=error)
+        return BoltResponse(status=400, body="not a Slack request")
+    log.error("slack: request failed: %s", type(error).__name__, exc_info=error)
+    return None
 
 
 def build_router(app: AsyncApp, signing_secret: str | None) -> APIRouter:
@@ -313,7 +394,17 @@ def build_router(app: AsyncApp, signing_secret: str | None) -> APIRouter:
                 genuine = False
             if not genuine:
                 return Response("invalid request signature", status_code=401)
-        bolt_response = await app.async_dispatch(to_async_bolt_request(request, body))
+        # Bolt parses the payload and indexes into it while it builds the request and
+        # picks a listener; a signed payload of a shape Slack never sends is refused here.
+        try:
+            bolt_request = to_async_bolt_request(request, body)
+            problem = unfit_payload(bolt_request.body)
+        except SHAPE_ERRORS as exc:
+            problem = f"unreadable payload ({type(exc).__name__})"
+        if problem is not None:
+            log.info("slack: signed request refused: %s", problem)
+            return Response(f"not a Slack request: {problem}", status_code=400)
+        bolt_response = await app.async_dispatch(bolt_request)
         return to_starlette_response(bolt_response)
 
     return router

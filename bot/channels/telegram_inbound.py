@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from telegram.error import TelegramError
 
 from bot.channels.telegram import ALLOWED_UPDATES, TelegramChannel, parse_update
-from bot.pipeline import InvalidMessage
+from bot.pipeline import InvalidMessage, fit_inbound
 from bot.service import Service
 from bot.types import InboundMessage
 from bot.web.limits import read_body
@@ -66,8 +66,11 @@ def build_router(service: Service, channel: TelegramChannel) -> APIRouter:
             if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
                 raise ValueError("not an update")
             inbound, callback_id = parse_update(data, channel.bot)
+            if inbound is not None:  # a chat id that cannot be stored: UnfitMessage
+                inbound = fit_inbound(inbound)
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-            # Fields of the wrong type, absurd nesting: not something Telegram sends.
+            # Fields of the wrong type, absurd nesting, ids no column holds: not something
+            # Telegram sends.
             log.info("telegram: unreadable update refused: %s", type(exc).__name__)
             return Response("not a Telegram update", status_code=400)
         await handle_update(service, channel, inbound, callback_id)
@@ -109,6 +112,8 @@ async def poll(service: Service, channel: TelegramChannel, stop: asyncio.Event) 
         for update in updates:
             try:
                 inbound, callback_id = parse_update(update.to_dict(), channel.bot)
+                if inbound is not None:
+                    inbound = fit_inbound(inbound)
             except (ValueError, TypeError, KeyError):
                 log.exception("telegram: unreadable update %d skipped", update.update_id)
                 offset = update.update_id + 1

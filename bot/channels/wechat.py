@@ -44,7 +44,7 @@ from bot.channels.wechat_protocol import (
 )
 from bot.config import WechatSettings
 from bot.db.models import OutboxItem
-from bot.pipeline import InvalidMessage
+from bot.pipeline import InvalidMessage, UnfitMessage, fit_inbound
 from bot.service import Service
 from bot.types import InboundMessage
 from bot.web.limits import read_body
@@ -183,18 +183,19 @@ def build_router(service: Service) -> APIRouter:
                     return Response("forbidden", status_code=403)
                 fields = parse_xml(crypto.decrypt(fields["Encrypt"]).encode())
             message = read_message(fields)
-        except ProtocolError as exc:
+            if message.kind == "event" and message.event == "subscribe":
+                text = "/start"  # a new follower is welcomed like Telegram's /start
+            elif message.kind in ("text", "image") and message.text.strip():
+                text = message.text
+            else:
+                return SUCCESS  # other events and message types: nothing to answer
+            # An open id or message id no column holds: UnfitMessage, refused the same way.
+            inbound = fit_inbound(InboundMessage(channel=NAME, chat=message.open_id, text=text,
+                                                 external_id=message.external_id,
+                                                 attachments=message.attachments))
+        except (ProtocolError, UnfitMessage) as exc:
             log.info("wechat: callback refused: %s", exc)
             return Response("bad request", status_code=400)
-        if message.kind == "event" and message.event == "subscribe":
-            text = "/start"  # a new follower is welcomed like Telegram's /start
-        elif message.kind in ("text", "image") and message.text.strip():
-            text = message.text
-        else:
-            return SUCCESS  # other events and message types: nothing to answer
-        inbound = InboundMessage(channel=NAME, chat=message.open_id, text=text,
-                                 external_id=message.external_id,
-                                 attachments=message.attachments)
         reply = await answer_within(service, inbound, window)
         if reply is None:
             return SUCCESS

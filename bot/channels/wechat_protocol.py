@@ -94,7 +94,8 @@ def parse_xml(body: bytes) -> dict[str, str]:
         body.decode("utf-8")
         root: Element = SafeXml.fromstring(body, forbid_dtd=True, forbid_entities=True,
                                            forbid_external=True)
-    except (DefusedXmlException, SyntaxError, UnicodeDecodeError, ValueError) as exc:
+    except (DefusedXmlException, SyntaxError, UnicodeDecodeError, ValueError,
+            LookupError) as exc:  # LookupError: an encoding Python does not know
         raise ProtocolError(f"unreadable XML: {type(exc).__name__}") from None
     if root.tag != "xml":
         raise ProtocolError("not a WeChat message")
