@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import AgentSettings
@@ -29,10 +30,21 @@ class OwnershipResult:
 async def agent_by_ref(session: AsyncSession, ref: str, now: datetime) -> Agent:
     agent = (await session.execute(select(Agent).where(Agent.ref == ref))).scalar_one_or_none()
     if agent is None:
-        agent = Agent(ref=ref, name=ref, created_at=now)
-        session.add(agent)
-        await session.flush()
+        agent = await _insert_agent(session, ref, now, name=ref)
     return agent
+
+
+async def _insert_agent(session: AsyncSession, ref: str, now: datetime, **values: Any) -> Agent:
+    """A new agent row, in a savepoint: when another process inserted the same ref first
+    (processes starting at once with the same ``[agents]``, one agent's clicks reaching two
+    processes), its row is used instead of failing the whole transaction."""
+    try:
+        async with session.begin_nested():
+            agent = Agent(ref=ref, created_at=now, **values)
+            session.add(agent)
+        return agent
+    except IntegrityError:
+        return (await session.execute(select(Agent).where(Agent.ref == ref))).scalar_one()
 
 
 async def sync_agents(session: AsyncSession, configured: Mapping[str, AgentSettings],
@@ -42,8 +54,7 @@ async def sync_agents(session: AsyncSession, configured: Mapping[str, AgentSetti
     for ref, config in configured.items():
         agent = (await session.execute(select(Agent).where(Agent.ref == ref))).scalar_one_or_none()
         if agent is None:
-            agent = Agent(ref=ref, created_at=now)
-            session.add(agent)
+            agent = await _insert_agent(session, ref, now)
         if config.slack_user_id and agent.slack_user_id != config.slack_user_id:
             # The Slack user may have acted before being configured, under their user id;
             # that row keeps its history but gives up the Slack id.

@@ -9,25 +9,26 @@ stored message that was not processed yet.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import String, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
-from bot import metrics
+from bot import metrics, rate_limit
 from bot.clock import Clock
 from bot.config import Settings
 from bot.db.database import Database
 from bot.db.models import Agent, Contact, Conversation, Customer, Message, OutboxItem
 from bot.dialogue import Dialogue
 from bot.handoff import AGENTS_CHANNEL
-from bot.rate_limit import check as check_rate_limit
 from bot.sla import SlaRules
 from bot.types import InboundMessage, Reply
 from intents.understanding import Understanding
@@ -60,6 +61,62 @@ class Processed:
     understanding: Understanding | None
     replies: list[Reply] = field(default_factory=list)
     outbox_ids: list[int] = field(default_factory=list)
+
+
+class _ProcessingFailed(Exception):
+    """Processing raised inside ``handle``'s transaction (rolled back with the message)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class UnfitMessage(ValueError):
+    """A delivery whose identifiers cannot be stored (a chat or message id longer than its
+    column, or not text): no platform sends that, so the channel refuses the request (400)
+    and nobody is answered."""
+
+
+def _length(column: object) -> int:
+    """The length of a ``String`` column of the model, so the limits follow the schema."""
+    column_type = getattr(column, "type", None)
+    assert isinstance(column_type, String) and column_type.length is not None
+    return column_type.length
+
+
+CHAT_MAX = _length(Contact.chat)  # = Conversation.chat = OutboxItem.chat
+EXTERNAL_ID_MAX = _length(Message.external_id)
+DISPLAY_NAME_MAX = _length(Contact.display_name)
+LANGUAGE_HINT_MAX = _length(Contact.language_hint)
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL takes: no NUL characters and no lone surrogates."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def clip_text(text: str | None, limit: int) -> str | None:
+    """Free-text metadata (a display name, a language hint) as its column holds it: made
+    storable and cut to ``limit`` characters. Clipping a name is harmless; failing the whole
+    delivery over it is not."""
+    return _storable(text)[:limit] if text is not None else None
+
+
+def fit_inbound(inbound: InboundMessage) -> InboundMessage:
+    """The message as the database can store it. Metadata that is only a hint (the sender's
+    display name, the language hint) is cleaned and clipped to its column; an identifier
+    that cannot fit (chat id, external id) raises ``UnfitMessage``. Every channel calls this
+    while it parses a delivery, so such a request is refused (400) with nothing stored, and
+    ``receive`` calls it again for everyone else (console, replay)."""
+    for what, value, limit in (("chat id", inbound.chat, CHAT_MAX),
+                               ("external id", inbound.external_id, EXTERNAL_ID_MAX)):
+        if value is not None and (len(value) > limit or _storable(value) != value):
+            raise UnfitMessage(f"{what} is not text of at most {limit} characters")
+    user_name = clip_text(inbound.user_name, DISPLAY_NAME_MAX)
+    hint = clip_text(inbound.language_hint, LANGUAGE_HINT_MAX)
+    if (user_name, hint) == (inbound.user_name, inbound.language_hint):
+        return inbound
+    return dataclasses.replace(inbound, user_name=user_name, language_hint=hint)
 
 
 RATING = re.compile(r"\s*([1-5])\s*(?:/\s*5)?\s*[★⭐]*\s*")
@@ -99,59 +156,101 @@ class Pipeline:
         self.passive_reply_windows: dict[str, timedelta] = {}
 
     async def handle(self, inbound: InboundMessage) -> Processed:
-        """Receive and process in one go (channels that answer synchronously)."""
-        received = await self.receive(inbound)
-        # A redelivery of a message whose processing failed is processed now; one that was
-        # processed already is a no-op (process() claims each message once).
-        return await self.process(received.message_id)
+        """Receive and process in one transaction (channels that answer synchronously).
+
+        One transaction instead of two saves a commit and re-reading what was just stored,
+        and keeps the guarantees: the platform is acknowledged after the commit, so a crash
+        before it leaves the platform to deliver again. When processing fails, the message
+        is stored on its own, unprocessed, and the error raised, as ``receive`` then
+        ``process`` would leave it: a redelivery or ``recover`` processes it later."""
+        started = self.clock.now()
+        try:
+            received, processed = await self._receive(inbound, process=True)
+        except InvalidMessage:
+            metrics.inbound_rejected(inbound.channel)
+            raise
+        except _ProcessingFailed as failure:
+            await self.receive(inbound)
+            raise failure.error from None
+        metrics.inbound(inbound.channel, duplicate=received.duplicate)
+        if processed is None:
+            # A redelivery of a message whose processing failed is processed now; one that
+            # was processed already is a no-op (process() claims each message once).
+            return await self.process(received.message_id)
+        self._processed(processed, inbound.channel, received_at=started)
+        return processed
 
     async def receive(self, inbound: InboundMessage) -> Received:
         try:
-            received = await self._receive(inbound)
+            received, _ = await self._receive(inbound, process=False)
         except InvalidMessage:
             metrics.inbound_rejected(inbound.channel)
             raise
         metrics.inbound(inbound.channel, duplicate=received.duplicate)
         return received
 
-    async def _receive(self, inbound: InboundMessage) -> Received:
+    async def _receive(self, inbound: InboundMessage, *,
+                       process: bool) -> tuple[Received, Processed | None]:
+        """Store the message (deduplicated, rate limited); with ``process`` also process it
+        in the same transaction. The second value is None when nothing was processed."""
+        inbound = fit_inbound(inbound)
         text = clean_text(inbound.text, self.settings.limits.max_message_chars)
         now = self.clock.now()
-        # A flooding chat: refused once a minute, then dropped silently (bot/rate_limit.py).
-        dropped = await check_rate_limit(self.db, self.settings.limits, inbound, now)
-        if dropped is not None:
-            return dropped
         try:
             async with self.db.sessions.begin() as session:
                 if inbound.external_id is not None:
                     existing = await self._find_duplicate(session, inbound)
                     if existing is not None:
-                        return existing
-                contact = await self._contact(session, inbound, now)
-                conversation = await self._open_conversation(session, contact, now, text)
-                message = Message(
-                    conversation_id=conversation.id, direction="in", sender="customer",
-                    channel=inbound.channel, external_id=inbound.external_id, text=text,
-                    attachments=list(inbound.attachments), created_at=now,
-                )
-                session.add(message)
-                conversation.last_inbound_at = now
-                conversation.updated_at = now
-                # Replies held until the customer wrote again (WeChat's 48-hour window) go now.
-                await session.execute(
-                    update(OutboxItem).where(OutboxItem.channel == inbound.channel,
-                                             OutboxItem.chat == inbound.chat,
-                                             OutboxItem.status == "held")
-                    .values(status="pending", next_attempt_at=now))
-                await session.flush()
-                return Received(message.id, conversation.id, duplicate=False)
+                        return existing, None
+                # A flooding chat: refused once a minute, then dropped silently, after this
+                # transaction (bot/rate_limit.py).
+                flooding = await rate_limit.over_limit(session, self.settings.limits,
+                                                       inbound, now)
+                if not flooding:
+                    return await self._store(session, inbound, text, now, process)
         except IntegrityError:
             # Another process stored the same delivery (or created the same contact) first.
             async with self.db.sessions() as session:
                 existing = await self._find_duplicate(session, inbound)
             if existing is None:
                 raise
-            return existing
+            return existing, None
+        return await rate_limit.refuse(self.db, inbound, now), None
+
+    async def _store(self, session: AsyncSession, inbound: InboundMessage, text: str,
+                     now: datetime, process: bool) -> tuple[Received, Processed | None]:
+        contact = await self._contact(session, inbound, now)
+        conversation = await self._open_conversation(session, contact, now, text, lock=process)
+        message = Message(
+            conversation_id=conversation.id, direction="in", sender="customer",
+            channel=inbound.channel, external_id=inbound.external_id, text=text,
+            attachments=list(inbound.attachments), created_at=now,
+            processed_at=now if process else None,
+        )
+        session.add(message)
+        conversation.last_inbound_at = now
+        conversation.updated_at = now
+        # Replies held until the customer wrote again (WeChat's 48-hour window) go now.
+        await session.execute(
+            update(OutboxItem).where(OutboxItem.channel == inbound.channel,
+                                     OutboxItem.chat == inbound.chat,
+                                     OutboxItem.status == "held")
+            .values(status="pending", next_attempt_at=now))
+        await session.flush()
+        received = Received(message.id, conversation.id, duplicate=False)
+        if not process:
+            return received, None
+        try:
+            if conversation.status == "resolved":  # a survey's answer: not read locked
+                conversation = await self._locked_conversation(session, conversation.id)
+            else:  # what _locked_conversation would load, from what this session has
+                set_committed_value(conversation, "contact", contact)
+                set_committed_value(conversation, "customer", None if conversation.customer_id
+                                    is None else await session.get(Customer,
+                                                                   conversation.customer_id))
+            return received, await self._process_claimed(session, message, conversation, now)
+        except Exception as exc:
+            raise _ProcessingFailed(exc) from exc
 
     async def _find_duplicate(self, session: AsyncSession, inbound: InboundMessage) -> Received | None:
         row = (await session.execute(
@@ -188,12 +287,18 @@ class Pipeline:
         return None
 
     async def _open_conversation(self, session: AsyncSession, contact: Contact,
-                                 now: datetime, text: str = "") -> Conversation:
-        conversation = (await session.execute(
-            select(Conversation)
-            .where(Conversation.contact_id == contact.id, Conversation.status.in_(OPEN_STATUSES))
-            .order_by(Conversation.id.desc()).limit(1)
-        )).scalar_one_or_none()
+                                 now: datetime, text: str = "", *,
+                                 lock: bool = False) -> Conversation:
+        """The contact's open conversation, else a new one. With ``lock`` an open one is
+        read locked, as ``_locked_conversation`` would (one worker at a time per
+        conversation)."""
+        query = (select(Conversation)
+                 .where(Conversation.contact_id == contact.id,
+                        Conversation.status.in_(OPEN_STATUSES))
+                 .order_by(Conversation.id.desc()).limit(1))
+        if lock and self.db.is_postgres:
+            query = query.with_for_update(of=Conversation)
+        conversation = (await session.execute(query)).scalar_one_or_none()
         if conversation is None:
             awaiting = await self._awaiting_rating(session, contact, text)
             if awaiting is not None:
@@ -215,8 +320,18 @@ class Pipeline:
     async def process(self, message_id: int) -> Processed:
         now = self.clock.now()
         async with self.db.sessions.begin() as session:
-            # Claim the message first: of two workers (or a retry racing the first
-            # attempt), exactly one gets the row; a rollback releases the claim.
+            if self.db.is_postgres:
+                # Lock order: the conversation, then the message. A redelivery being stored
+                # by another process holds the conversation row (receive updates it) while
+                # its insert waits on the claim's new row version in the unique index:
+                # claiming first would deadlock the two.
+                await session.execute(
+                    select(Conversation.id)
+                    .join(Message, Message.conversation_id == Conversation.id)
+                    .where(Message.id == message_id, Message.processed_at.is_(None))
+                    .with_for_update(of=Conversation))
+            # Claim the message: of two workers (or a retry racing the first attempt),
+            # exactly one gets the row; a rollback releases the claim.
             claimed = await session.execute(
                 update(Message).where(Message.id == message_id, Message.processed_at.is_(None))
                 .values(processed_at=now))
@@ -226,31 +341,41 @@ class Pipeline:
             if claimed.rowcount == 0:  # type: ignore[attr-defined]
                 return Processed(message.id, message.conversation_id, None)
             conversation = await self._locked_conversation(session, message.conversation_id)
-            if conversation.status == "resolved" and not await self._store_rating(
-                    session, conversation, message, now):
-                # Not (or no longer) the survey's answer: the message starts a new
-                # conversation, like any message after a resolution.
-                fresh = await self._open_conversation(session, conversation.contact, now)
-                message.conversation_id = fresh.id
-                conversation = await self._locked_conversation(session, fresh.id)
-            customer = conversation.customer
-            if customer is None and conversation.contact.customer_id is not None:
-                customer = await session.get(Customer, conversation.contact.customer_id)
-                conversation.customer_id = conversation.contact.customer_id
-            understanding, replies = await self.dialogue.respond(
-                session, conversation, customer, message, now)
-            message.lang = understanding.lang
-            message.intent = understanding.intent
-            message.confidence = understanding.confidence
-            message.entities = understanding.entities
-            message.urgent = understanding.urgent
-            conversation.updated_at = now
-            await self.sla.after_customer_message(session, conversation, message, replies, now)
-            outbox_ids = await self.queue_replies(session, conversation, replies, now,
-                                                  in_reply_to=message.id)
-        self.on_outbox()
-        metrics.processed(message.channel, message.created_at, self.clock.now())
+            processed = await self._process_claimed(session, message, conversation, now)
+        self._processed(processed, message.channel, received_at=message.created_at)
+        return processed
+
+    async def _process_claimed(self, session: AsyncSession, message: Message,
+                               conversation: Conversation, now: datetime) -> Processed:
+        """Understand and answer a message this worker claimed, its conversation locked."""
+        if conversation.status == "resolved" and not await self._store_rating(
+                session, conversation, message, now):
+            # Not (or no longer) the survey's answer: the message starts a new
+            # conversation, like any message after a resolution.
+            fresh = await self._open_conversation(session, conversation.contact, now)
+            message.conversation_id = fresh.id
+            conversation = await self._locked_conversation(session, fresh.id)
+        customer = conversation.customer
+        if customer is None and conversation.contact.customer_id is not None:
+            customer = await session.get(Customer, conversation.contact.customer_id)
+            conversation.customer_id = conversation.contact.customer_id
+        understanding, replies = await self.dialogue.respond(
+            session, conversation, customer, message, now)
+        message.lang = understanding.lang
+        message.intent = understanding.intent
+        message.confidence = understanding.confidence
+        message.entities = understanding.entities
+        message.urgent = understanding.urgent
+        conversation.updated_at = now
+        await self.sla.after_customer_message(session, conversation, message, replies, now)
+        outbox_ids = await self.queue_replies(session, conversation, replies, now,
+                                              in_reply_to=message.id)
         return Processed(message.id, conversation.id, understanding, replies, outbox_ids)
+
+    def _processed(self, processed: Processed, channel: str, received_at: datetime) -> None:
+        """After the commit: wake the dispatcher, count the processing time."""
+        self.on_outbox()
+        metrics.processed(channel, received_at, self.clock.now())
 
     async def _locked_conversation(self, session: AsyncSession,
                                    conversation_id: int) -> Conversation:

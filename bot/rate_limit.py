@@ -10,7 +10,7 @@ A message over the limit is never stored. What the sender gets:
   "error.rate_limited")``, which every channel already turns into one polite reply (the
   web chat's 422, Telegram's direct message, WeChat's passive reply);
 * every further refused message within the minute after that notice is dropped
-  silently: ``check`` returns a ``Received`` marked as a duplicate that points at a
+  silently: ``refuse`` returns a ``Received`` marked as a duplicate that points at a
   message of the chat that was processed already (the bot's latest reply), so the
   channel acknowledges the platform and sends nothing. A flood therefore gets at most
   one refusal a minute, and the bot never floods back.
@@ -50,33 +50,38 @@ def notice_key(channel: str, chat: str) -> str:
     return f"{NOTICE_PREFIX}{channel[:32]}:{digest[:40]}"
 
 
-async def check(db: Database, limits: LimitsSettings, inbound: InboundMessage,
-                now: datetime) -> Received | None:
-    """None when the message may be stored. Over the limit: raise ``InvalidMessage`` once
-    a minute, else return a duplicate-like ``Received`` (drop silently)."""
-    from bot.pipeline import InvalidMessage, Received
+def _recent_conversations(inbound: InboundMessage, since: datetime) -> ScalarSelect[int]:
+    # Every message stored in the last minute is in a conversation updated since (receive()
+    # sets updated_at), so only the chat's active conversations are read.
+    return select(Conversation.id).where(
+        Conversation.channel == inbound.channel, Conversation.chat == inbound.chat,
+        Conversation.updated_at >= since).scalar_subquery()
 
+
+async def over_limit(session: AsyncSession, limits: LimitsSettings, inbound: InboundMessage,
+                     now: datetime) -> bool:
+    """True when the chat stored ``messages_per_minute`` messages in the last minute
+    already. Read in the caller's transaction, before it stores anything."""
     limit = limits.messages_per_minute
     if limit <= 0:
-        return None
+        return False
+    since = now - WINDOW
+    inbound_rows = (select(Message.id).where(
+        Message.conversation_id.in_(_recent_conversations(inbound, since)),
+        Message.direction == "in", Message.created_at >= since).limit(limit).subquery())
+    stored = int(await session.scalar(select(func.count()).select_from(inbound_rows)) or 0)
+    return stored >= limit
+
+
+async def refuse(db: Database, inbound: InboundMessage, now: datetime) -> Received:
+    """For a message over the limit, after the caller's transaction: raise
+    ``InvalidMessage`` (the polite notice) once a minute per chat, else return a
+    duplicate-like ``Received`` (dropped silently)."""
+    from bot.pipeline import InvalidMessage, Received
+
     since = now - WINDOW
     async with db.sessions() as session:
-        if inbound.external_id is not None and await session.scalar(
-                select(Message.id).where(Message.channel == inbound.channel,
-                                         Message.external_id == inbound.external_id)) is not None:
-            return None  # a redelivery: receive() answers it as the duplicate it is
-        # Every message stored in the last minute is in a conversation updated since
-        # (receive() sets updated_at), so only the chat's active conversations are read.
-        recent = select(Conversation.id).where(
-            Conversation.channel == inbound.channel, Conversation.chat == inbound.chat,
-            Conversation.updated_at >= since).scalar_subquery()
-        inbound_rows = (select(Message.id).where(
-            Message.conversation_id.in_(recent), Message.direction == "in",
-            Message.created_at >= since).limit(limit).subquery())
-        stored = int(await session.scalar(select(func.count()).select_from(inbound_rows)) or 0)
-        if stored < limit:
-            return None
-        latest = await _latest_processed(session, recent)
+        latest = await _latest_processed(session, _recent_conversations(inbound, since))
     if await _claim_notice(db, notice_key(inbound.channel, inbound.chat), now, since) \
             or latest is None:
         raise InvalidMessage("rate limited", "error.rate_limited")
