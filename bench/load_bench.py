@@ -547,8 +547,6 @@ async def run_config(backend: str, processes: int, args: argparse.Namespace,
                                          first_chat=first, total=total, rate=rate,
                                          concurrency=args.concurrency, label=label)
                 first += 10_000_000
-                result.label = f"{title}, {label}"
-                results.append(result)
                 result.cpu = [1000 * (s.cpu_seconds() - b) / (total / processes)
                               for s, b in zip(servers, cpu_before, strict=True)]
                 pg = postgres_cpu_since(others_before[0])
@@ -557,7 +555,9 @@ async def run_config(backend: str, processes: int, args: argparse.Namespace,
                         (time.process_time(), process_cpu(stand_in.process.pid),
                          *machine_busy()), others_before[1:], strict=True))
                 rss = [s.status("VmHWM") / 1024 for s in servers]
-                print(row(result, rss, result.cpu).replace(result.label, label, 1), flush=True)
+                print(row(result, rss, result.cpu), flush=True)
+                result.label = f"{title}, {label}"  # for the check at the end
+                results.append(result)
                 cpus = os.cpu_count() or 1
                 wall = max(elapsed / cpus, 1e-9)
                 ours = (sum(result.cpu) * total / processes / 1000 + pg + client + stub) / wall
