@@ -90,7 +90,7 @@ DISPLAY_NAME_MAX = _length(Contact.display_name)
 LANGUAGE_HINT_MAX = _length(Contact.language_hint)
 
 
-def _storable(text: str) -> str:
+def storable_text(text: str) -> str:
     """Text PostgreSQL takes: no NUL characters and no lone surrogates."""
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
@@ -99,7 +99,7 @@ def clip_text(text: str | None, limit: int) -> str | None:
     """Free-text metadata (a display name, a language hint) as its column holds it: made
     storable and cut to ``limit`` characters. Clipping a name is harmless; failing the whole
     delivery over it is not."""
-    return _storable(text)[:limit] if text is not None else None
+    return storable_text(text)[:limit] if text is not None else None
 
 
 def fit_inbound(inbound: InboundMessage) -> InboundMessage:
@@ -110,7 +110,7 @@ def fit_inbound(inbound: InboundMessage) -> InboundMessage:
     ``receive`` calls it again for everyone else (console, replay)."""
     for what, value, limit in (("chat id", inbound.chat, CHAT_MAX),
                                ("external id", inbound.external_id, EXTERNAL_ID_MAX)):
-        if value is not None and (len(value) > limit or _storable(value) != value):
+        if value is not None and (len(value) > limit or storable_text(value) != value):
             raise UnfitMessage(f"{what} is not text of at most {limit} characters")
     user_name = clip_text(inbound.user_name, DISPLAY_NAME_MAX)
     hint = clip_text(inbound.language_hint, LANGUAGE_HINT_MAX)

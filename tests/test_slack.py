@@ -229,6 +229,18 @@ async def test_owner_reply_reaches_the_customer_and_others_only_add_notes(desk: 
     assert notes == ["клиент важный, проверь склад"]
 
 
+async def test_an_owner_reply_with_a_lone_surrogate_is_relayed_not_failed(desk: Workspace) -> None:
+    # JSON may carry "\ud800", which no database stores (PostgreSQL refuses it): the
+    # character is replaced, the rest of the reply goes out.
+    await desk.customer_says("/human")
+    conversation_id, channel, ts = await desk.thread()
+    await desk.click(ALICE, take_button(conversation_id), channel, ts)
+    before = len(desk.customers.sent)
+    response = await desk.event(thread_message(ALICE, "Готово \ud800 ok", channel, ts, "1.1"))
+    assert response.status_code == 200
+    assert [d.text for d in desk.customers.sent[before:]] == ["Готово ? ok"]
+
+
 async def test_customer_messages_reach_the_thread_and_bot_messages_are_not_relayed_back(
         desk: Workspace) -> None:
     await desk.customer_says("/human")

@@ -48,7 +48,7 @@ from bot.agent_actions import ActionOutcome, perform
 from bot.channels.slack import SlackChannel
 from bot.channels.slack_blocks import transfer_offer
 from bot.db.models import Agent
-from bot.pipeline import clip_text
+from bot.pipeline import clip_text, storable_text
 from bot.service import Service
 from bot.web.limits import read_body
 
@@ -255,7 +255,7 @@ class SlackDesk:
             conversation_id = await agent_desk.conversation_for_thread(session, channel, thread_ts)
         if conversation_id is None:
             return
-        text = plain_text(str(event.get("text") or ""))
+        text = plain_text(storable_text(str(event.get("text") or "")))
         note = NOTE_PREFIX.match(text)
         action = "note" if note else "reply"
         if note:
