@@ -171,7 +171,7 @@ class Pipeline:
             raise
         except _ProcessingFailed as failure:
             await self.receive(inbound)
-            raise failure.error from None
+            raise failure.error from failure.error.__cause__
         metrics.inbound(inbound.channel, duplicate=received.duplicate)
         if processed is None:
             # A redelivery of a message whose processing failed is processed now; one that
@@ -219,7 +219,7 @@ class Pipeline:
 
     async def _store(self, session: AsyncSession, inbound: InboundMessage, text: str,
                      now: datetime, process: bool) -> tuple[Received, Processed | None]:
-        contact = await self._contact(session, inbound, now)
+        contact = await self._contact(session, inbound, now, lock=process)
         conversation = await self._open_conversation(session, contact, now, text, lock=process)
         message = Message(
             conversation_id=conversation.id, direction="in", sender="customer",
@@ -240,6 +240,11 @@ class Pipeline:
         received = Received(message.id, conversation.id, duplicate=False)
         if not process:
             return received, None
+        if not self.db.is_postgres:
+            # SQLite: the contact was read before this transaction took the write lock, so
+            # possibly before another message's processing committed (its verification
+            # counters, its customer link): read it again now that the lock is held.
+            await session.refresh(contact)
         try:
             if conversation.status == "resolved":  # a survey's answer: not read locked
                 conversation = await self._locked_conversation(session, conversation.id)
@@ -259,10 +264,17 @@ class Pipeline:
         )).first()
         return Received(row.id, row.conversation_id, duplicate=True) if row else None
 
-    async def _contact(self, session: AsyncSession, inbound: InboundMessage, now: datetime) -> Contact:
-        contact = (await session.execute(
-            select(Contact).where(Contact.channel == inbound.channel, Contact.chat == inbound.chat)
-        )).scalar_one_or_none()
+    async def _contact(self, session: AsyncSession, inbound: InboundMessage, now: datetime,
+                       *, lock: bool = False) -> Contact:
+        """The chat's contact, created on its first message. With ``lock`` (the message is
+        processed in this transaction) it is read locked on PostgreSQL, so as the previous
+        message's processing left it (verification counters, customer link), not as it
+        was before that committed."""
+        query = select(Contact).where(Contact.channel == inbound.channel,
+                                      Contact.chat == inbound.chat)
+        if lock and self.db.is_postgres:
+            query = query.with_for_update()
+        contact = (await session.execute(query)).scalar_one_or_none()
         if contact is None:
             contact = Contact(channel=inbound.channel, chat=inbound.chat, created_at=now)
             session.add(contact)
@@ -321,15 +333,21 @@ class Pipeline:
         now = self.clock.now()
         async with self.db.sessions.begin() as session:
             if self.db.is_postgres:
-                # Lock order: the conversation, then the message. A redelivery being stored
-                # by another process holds the conversation row (receive updates it) while
-                # its insert waits on the claim's new row version in the unique index:
-                # claiming first would deadlock the two.
-                await session.execute(
-                    select(Conversation.id)
-                    .join(Message, Message.conversation_id == Conversation.id)
-                    .where(Message.id == message_id, Message.processed_at.is_(None))
-                    .with_for_update(of=Conversation))
+                # Lock order, as storing takes them: the contact, the conversation, then
+                # the message. A redelivery being stored by another process holds the
+                # conversation row (receive updates it) while its insert waits on the
+                # claim's new row version in the unique index: claiming first would
+                # deadlock the two. And the next message of the chat being stored holds
+                # the contact while it waits for the conversation, and processing may
+                # write the contact (a verification attempt): locking only the
+                # conversation first would deadlock those two.
+                for locked in (Contact, Conversation):
+                    await session.execute(
+                        select(locked.id).select_from(Message)
+                        .join(Conversation, Conversation.id == Message.conversation_id)
+                        .join(Contact, Contact.id == Conversation.contact_id)
+                        .where(Message.id == message_id, Message.processed_at.is_(None))
+                        .with_for_update(of=locked))
             # Claim the message: of two workers (or a retry racing the first attempt),
             # exactly one gets the row; a rollback releases the claim.
             claimed = await session.execute(

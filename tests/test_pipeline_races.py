@@ -1,0 +1,148 @@
+"""Pipeline.handle's one-transaction path and process(): races forced step by step."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from bot.clock import ManualClock
+from bot.db.models import Contact, Message
+from bot.service import Service
+from bot.types import InboundMessage
+from tests.telegram_stub import message_update
+from tests.test_faults import post
+from tests.test_faults import proxied as proxied  # the fixture: PostgreSQL behind a proxy
+
+
+def _inbound(chat: str, text: str, external_id: str) -> InboundMessage:
+    return InboundMessage(channel="telegram", chat=chat, text=text, external_id=external_id)
+
+
+async def test_concurrent_failed_verifications_of_one_chat_are_both_counted(
+        service: Service, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two wrong order-number/e-mail attempts of one chat processed at the same time: the
+    second must read the contact as the first left it (the failure counter is what locks
+    verification after ``verify_attempts``), not as it was before the first committed."""
+    chat = "tg-verify-race"
+    await service.pipeline.handle(_inbound(chat, "hello", "v-0"))
+    clock.advance(timedelta(minutes=1))
+
+    first_text = "Where is my order PO-55555? first@elsewhere.example"
+    second_text = "Where is my order PO-55556? second@elsewhere.example"
+    first_paused, release_first = asyncio.Event(), asyncio.Event()
+    second_read_contact = asyncio.Event()
+    original = service.pipeline.dialogue.respond
+
+    async def respond(session: Any, conversation: Any, customer: Any, message: Any,
+                      now: Any) -> Any:
+        if message.text == first_text:  # the first holds its transaction open here
+            first_paused.set()
+            await release_first.wait()
+        return await original(session, conversation, customer, message, now)
+
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", respond)
+    first = asyncio.create_task(service.pipeline.handle(_inbound(chat, first_text, "v-1")))
+    await asyncio.wait_for(first_paused.wait(), 10)
+
+    def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM contacts" in statement:
+            second_read_contact.set()  # the first is paused: this is the second's read
+
+    engine = service.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", before_execute)
+    try:
+        second = asyncio.create_task(service.pipeline.handle(_inbound(chat, second_text, "v-2")))
+        await asyncio.wait_for(second_read_contact.wait(), 10)
+        await asyncio.sleep(0.3)  # its read is under way (or waits on a lock) before...
+        release_first.set()  # ...the first goes on and commits
+        await asyncio.wait_for(asyncio.gather(first, second), 30)
+    finally:
+        event.remove(engine, "before_cursor_execute", before_execute)
+
+    async with service.db.sessions() as session:
+        failures = await session.scalar(select(Contact.verify_failures).where(
+            Contact.chat == chat))
+    assert failures == 2
+
+
+# --- the database failing while handle() processes a webhook's message (PostgreSQL) ----------
+
+
+def _cut_links(proxy: Any) -> None:
+    """Cut the open connections; new ones are still accepted."""
+    for writer in list(proxy._links):
+        writer.close()
+    proxy._links.clear()
+
+
+@pytest.mark.parametrize("database_back", [False, True])
+async def test_the_database_failing_during_processing_gives_503_and_the_redelivery_is_answered(
+        proxied: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch, database_back: bool) -> None:
+    service, http, proxy, stub = proxied
+    original = service.pipeline.dialogue.respond
+    failed = []
+
+    async def respond(session: Any, conversation: Any, customer: Any, message: Any,
+                      now: Any) -> Any:
+        if not failed:
+            failed.append(message.text)
+            if database_back:
+                _cut_links(proxy)  # this transaction's connection dies; the server is up
+            else:
+                await proxy.stop()  # the database goes away mid-processing
+        return await original(session, conversation, customer, message, now)
+
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", respond)
+    update = message_update("hello", chat_id=7700, update_id=770_001)
+    response = await post(http, update)
+    assert failed and response.status_code == 503, (response.status_code, response.text)
+    if not database_back:
+        await proxy.start()
+    async with service.db.sessions() as session:
+        stored = await session.scalar(select(func.count()).select_from(Message).where(
+            Message.direction == "in", Message.processed_at.is_(None)))
+    assert stored == (1 if database_back else 0)
+    assert (await post(http, update)).status_code == 200  # Telegram redelivers
+    assert (await post(http, update)).status_code == 200  # and once more
+    await service.outbox.dispatch_due()
+    assert len(stub.sent_texts(7700)) == 1
+
+
+async def test_processing_a_stored_message_and_handling_the_next_of_its_chat_do_not_deadlock(
+        service: Service, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WeChat (receive, then process), recover() and a redelivery of a message whose first
+    processing failed use process(): it locks the conversation, and a failed verification
+    then writes the contact. handle() of the chat's next message takes the contact first,
+    then the conversation."""
+    chat = "tg-lock-order"
+    await service.pipeline.handle(_inbound(chat, "hello", "d-0"))
+    first_text = "Where is my order PO-55555? first@elsewhere.example"
+    second_text = "Where is my order PO-55556? second@elsewhere.example"
+    received = await service.pipeline.receive(_inbound(chat, first_text, "d-1"))
+    clock.advance(timedelta(seconds=5))
+    first_paused, release_first = asyncio.Event(), asyncio.Event()
+    original = service.pipeline.dialogue.respond
+
+    async def respond(session: Any, conversation: Any, customer: Any, message: Any,
+                      now: Any) -> Any:
+        if message.text == first_text:  # process() holds the conversation here
+            first_paused.set()
+            await release_first.wait()
+        return await original(session, conversation, customer, message, now)
+
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", respond)
+    first = asyncio.create_task(service.pipeline.process(received.message_id))
+    await asyncio.wait_for(first_paused.wait(), 10)
+    second = asyncio.create_task(service.pipeline.handle(_inbound(chat, second_text, "d-2")))
+    await asyncio.sleep(0.5)  # handle() has the contact and waits for the conversation
+    release_first.set()
+    results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 30)
+    assert [type(r).__name__ for r in results] == ["Processed", "Processed"], results
+    async with service.db.sessions() as session:
+        failures = await session.scalar(select(Contact.verify_failures).where(
+            Contact.chat == chat))
+    assert failures == 2
