@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
+
+import httpx
 
 from bot.db.database import Database
 
@@ -18,3 +22,14 @@ def query(url: str, statement: Any) -> list[Any]:
         finally:
             await database.dispose()
     return asyncio.run(_run())
+
+
+@contextlib.asynccontextmanager
+async def app_client(service: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the service's real ASGI app in process (no socket)."""
+    from bot.web.app import create_app
+
+    app = create_app(service, background=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://supportbot") as http:
+        yield http

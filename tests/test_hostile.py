@@ -50,8 +50,8 @@ from bot.importer import Batch, ImportError_, apply_batch, parse_text, read_file
 from bot.pipeline import InvalidMessage
 from bot.service import Service
 from bot.types import InboundMessage
-from bot.web.app import create_app
 from tests.conftest import ChatDriver, RecordingChannel
+from tests.helpers import app_client
 from tests.slack_stub import (
     BOT_TOKEN,
     SIGNING_SECRET,
@@ -224,10 +224,8 @@ async def telegram(database_url: str, clock: ManualClock) -> AsyncIterator[Site]
                                        "api_base_url": base_url})
     service = await Service.start(settings, clock=clock, migrate=True)
     service.outbox.channels["slack"] = RecordingChannel("slack")
-    app = create_app(service, background=False)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://supportbot") as http:
+        async with app_client(service) as http:
             yield Site(service, http, stub, clock)
     finally:
         await service.outbox.channels["telegram"].close()  # type: ignore[attr-defined]
@@ -294,10 +292,8 @@ async def slack(database_url: str, clock: ManualClock) -> AsyncIterator[Site]:
     await service.pipeline.handle(InboundMessage(channel="telegram", chat="tg-slack",
                                                  text="/human", external_id="seed-1"))
     await service.outbox.dispatch_due()
-    app = create_app(service, background=False)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://supportbot") as http:
+        async with app_client(service) as http:
             yield Site(service, http, stub, clock)
     finally:
         await service.close()
@@ -493,10 +489,8 @@ async def wechat(database_url: str, clock: ManualClock) -> AsyncIterator[Site]:
                                      "app_secret": APP_SECRET, "api_base_url": stub.base_url})
     service = await Service.start(settings, clock=clock, migrate=True)
     service.outbox.channels["slack"] = RecordingChannel("slack")
-    app = create_app(service, background=False)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://supportbot") as http:
+        async with app_client(service) as http:
             yield Site(service, http, stub, clock)
     finally:
         await service.close()
@@ -633,11 +627,9 @@ webchat_bodies = st.one_of(
 @given(body=webchat_bodies)
 async def test_webchat_random_bodies_get_200_or_4xx_and_a_refusal_stores_nothing(
         service: Service, body: bytes) -> None:
-    app = create_app(service, background=False)
     token = f"fuzz{next(_ids):028d}"  # a chat per example: the rate limit stays out of it
     before = await counts(service)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://supportbot") as http:
+    async with app_client(service) as http:
         response = await http.post("/api/webchat/messages", content=body,
                                    headers={"X-Webchat-Token": token,
                                             "Content-Type": "application/json"})
@@ -1116,10 +1108,8 @@ async def test_a_wechat_flood_gets_one_passive_refusal(wechat: Site) -> None:
 
 
 async def test_a_webchat_flood_gets_one_422(service: Service) -> None:
-    app = create_app(service, background=False)
     token = {"X-Webchat-Token": "t" * 32}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://supportbot") as http:
+    async with app_client(service) as http:
         statuses = []
         for n in range(25):
             response = await http.post("/api/webchat/messages", headers=token,
@@ -1155,9 +1145,7 @@ async def test_telegram_wrong_types_and_deep_nesting_get_400(telegram: Site) -> 
 
 
 async def test_webchat_deeply_nested_json_gets_400(service: Service) -> None:
-    app = create_app(service, background=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://supportbot") as http:
+    async with app_client(service) as http:
         response = await http.post("/api/webchat/messages", content=DEEP,
                                    headers={"X-Webchat-Token": "t" * 32})
     assert response.status_code == 400
