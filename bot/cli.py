@@ -56,12 +56,23 @@ def settings_from(ctx: click.Context, config_path: Path | None) -> Settings:
     return settings
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (a dependency everywhere but Windows): the same asyncio
+    API with a faster loop, which matters for ``serve`` under load. None: asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_async(coro_fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     """Run an async command body; turn start-up failures into clear errors."""
     @functools.wraps(coro_fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return asyncio.run(coro_fn(*args, **kwargs))
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                return runner.run(coro_fn(*args, **kwargs))
         except DatabaseUnavailable as exc:
             raise CliError(str(exc), EXIT_UNAVAILABLE) from None
         except KnowledgeError as exc:
