@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, func, select, update
+from sqlalchemy import String, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -118,6 +118,27 @@ def fit_inbound(inbound: InboundMessage) -> InboundMessage:
         return inbound
     return dataclasses.replace(inbound, user_name=user_name, language_hint=hint)
 
+
+# Statements of the hot path, built once: building a statement and its cache key costs
+# about as much CPU as running it (0.13 of 0.3 ms for a one-row select on PostgreSQL).
+FIND_DUPLICATE = select(Message.id, Message.conversation_id).where(
+    Message.channel == bindparam("channel"), Message.external_id == bindparam("external_id"))
+CONTACT_OF_CHAT = select(Contact).where(Contact.channel == bindparam("channel"),
+                                        Contact.chat == bindparam("chat"))
+CONTACT_OF_CHAT_LOCKED = CONTACT_OF_CHAT.with_for_update()
+OPEN_CONVERSATION = (select(Conversation)
+                     .where(Conversation.contact_id == bindparam("contact_id"),
+                            Conversation.status.in_(OPEN_STATUSES))
+                     .order_by(Conversation.id.desc()).limit(1))
+OPEN_CONVERSATION_LOCKED = OPEN_CONVERSATION.with_for_update(of=Conversation)
+# Replies held until the customer wrote again (WeChat's 48-hour window) go now. No object
+# of the session can be such a row (storing loads no outbox rows), so nothing to synchronise.
+RELEASE_HELD = (update(OutboxItem)
+                .where(OutboxItem.channel == bindparam("of_channel"),
+                       OutboxItem.chat == bindparam("of_chat"), OutboxItem.status == "held")
+                .values(status="pending",
+                        next_attempt_at=bindparam("now", type_=OutboxItem.next_attempt_at.type))
+                .execution_options(synchronize_session=False))
 
 RATING = re.compile(r"\s*([1-5])\s*(?:/\s*5)?\s*[★⭐]*\s*")
 
@@ -230,12 +251,8 @@ class Pipeline:
         session.add(message)
         conversation.last_inbound_at = now
         conversation.updated_at = now
-        # Replies held until the customer wrote again (WeChat's 48-hour window) go now.
-        await session.execute(
-            update(OutboxItem).where(OutboxItem.channel == inbound.channel,
-                                     OutboxItem.chat == inbound.chat,
-                                     OutboxItem.status == "held")
-            .values(status="pending", next_attempt_at=now))
+        await session.execute(RELEASE_HELD, {"of_channel": inbound.channel,
+                                             "of_chat": inbound.chat, "now": now})
         await session.flush()
         received = Received(message.id, conversation.id, duplicate=False)
         if not process:
@@ -258,10 +275,8 @@ class Pipeline:
             raise _ProcessingFailed(exc) from exc
 
     async def _find_duplicate(self, session: AsyncSession, inbound: InboundMessage) -> Received | None:
-        row = (await session.execute(
-            select(Message.id, Message.conversation_id).where(
-                Message.channel == inbound.channel, Message.external_id == inbound.external_id)
-        )).first()
+        row = (await session.execute(FIND_DUPLICATE, {
+            "channel": inbound.channel, "external_id": inbound.external_id})).first()
         return Received(row.id, row.conversation_id, duplicate=True) if row else None
 
     async def _contact(self, session: AsyncSession, inbound: InboundMessage, now: datetime,
@@ -270,11 +285,9 @@ class Pipeline:
         processed in this transaction) it is read locked on PostgreSQL, so as the previous
         message's processing left it (verification counters, customer link), not as it
         was before that committed."""
-        query = select(Contact).where(Contact.channel == inbound.channel,
-                                      Contact.chat == inbound.chat)
-        if lock and self.db.is_postgres:
-            query = query.with_for_update()
-        contact = (await session.execute(query)).scalar_one_or_none()
+        query = CONTACT_OF_CHAT_LOCKED if lock and self.db.is_postgres else CONTACT_OF_CHAT
+        contact = (await session.execute(query, {
+            "channel": inbound.channel, "chat": inbound.chat})).scalar_one_or_none()
         if contact is None:
             contact = Contact(channel=inbound.channel, chat=inbound.chat, created_at=now)
             session.add(contact)
@@ -304,13 +317,9 @@ class Pipeline:
         """The contact's open conversation, else a new one. With ``lock`` an open one is
         read locked, as ``_locked_conversation`` would (one worker at a time per
         conversation)."""
-        query = (select(Conversation)
-                 .where(Conversation.contact_id == contact.id,
-                        Conversation.status.in_(OPEN_STATUSES))
-                 .order_by(Conversation.id.desc()).limit(1))
-        if lock and self.db.is_postgres:
-            query = query.with_for_update(of=Conversation)
-        conversation = (await session.execute(query)).scalar_one_or_none()
+        query = OPEN_CONVERSATION_LOCKED if lock and self.db.is_postgres else OPEN_CONVERSATION
+        conversation = (await session.execute(
+            query, {"contact_id": contact.id})).scalar_one_or_none()
         if conversation is None:
             awaiting = await self._awaiting_rating(session, contact, text)
             if awaiting is not None:

@@ -27,7 +27,7 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Integer, Select, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.selectable import ScalarSelect
@@ -58,6 +58,22 @@ def _recent_conversations(inbound: InboundMessage, since: datetime) -> ScalarSel
         Conversation.updated_at >= since).scalar_subquery()
 
 
+def _count_recent_inbound() -> Select[int]:
+    """How many messages the chat stored since ``since``, counted up to ``limit``: built
+    once, as every inbound message runs it (building costs as much as running)."""
+    since = bindparam("since", type_=Message.created_at.type)
+    recent = select(Conversation.id).where(
+        Conversation.channel == bindparam("channel"), Conversation.chat == bindparam("chat"),
+        Conversation.updated_at >= since).scalar_subquery()
+    inbound_rows = (select(Message.id).where(
+        Message.conversation_id.in_(recent), Message.direction == "in",
+        Message.created_at >= since).limit(bindparam("limit", type_=Integer)).subquery())
+    return select(func.count()).select_from(inbound_rows)
+
+
+COUNT_RECENT_INBOUND = _count_recent_inbound()
+
+
 async def over_limit(session: AsyncSession, limits: LimitsSettings, inbound: InboundMessage,
                      now: datetime) -> bool:
     """True when the chat stored ``messages_per_minute`` messages in the last minute
@@ -65,11 +81,9 @@ async def over_limit(session: AsyncSession, limits: LimitsSettings, inbound: Inb
     limit = limits.messages_per_minute
     if limit <= 0:
         return False
-    since = now - WINDOW
-    inbound_rows = (select(Message.id).where(
-        Message.conversation_id.in_(_recent_conversations(inbound, since)),
-        Message.direction == "in", Message.created_at >= since).limit(limit).subquery())
-    stored = int(await session.scalar(select(func.count()).select_from(inbound_rows)) or 0)
+    stored = int(await session.scalar(COUNT_RECENT_INBOUND, {
+        "channel": inbound.channel, "chat": inbound.chat, "since": now - WINDOW,
+        "limit": limit}) or 0)
     return stored >= limit
 
 

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.business_hours import ALWAYS, BusinessCalendar
@@ -39,6 +39,13 @@ from bot.types import Reply
 log = logging.getLogger(__name__)
 
 OPEN = ("running", "paused")
+# A conversation's clocks in some statuses (and of some kinds): built once, as every
+# customer message reads them (building a statement costs about as much as running it).
+CLOCKS = (select(SlaClock)
+          .where(SlaClock.conversation_id == bindparam("conversation_id"),
+                 SlaClock.status.in_(bindparam("statuses", expanding=True)))
+          .order_by(SlaClock.id))
+CLOCKS_OF_KINDS = CLOCKS.where(SlaClock.kind.in_(bindparam("kinds", expanding=True)))
 REPLY_STOPS = ("first_response", "next_response", "technical_contact")
 SWEEP_BATCH = 500
 
@@ -83,11 +90,12 @@ class SlaRules:
     async def _open_clocks(self, session: AsyncSession, conversation_id: int,
                            kinds: tuple[str, ...] | None = None,
                            statuses: tuple[str, ...] = OPEN) -> list[SlaClock]:
-        query = select(SlaClock).where(SlaClock.conversation_id == conversation_id,
-                                       SlaClock.status.in_(statuses))
+        parameters: dict[str, object] = {"conversation_id": conversation_id,
+                                         "statuses": list(statuses)}
         if kinds is not None:
-            query = query.where(SlaClock.kind.in_(kinds))
-        return list((await session.execute(query.order_by(SlaClock.id))).scalars())
+            parameters["kinds"] = list(kinds)
+        query = CLOCKS_OF_KINDS if kinds is not None else CLOCKS
+        return list((await session.execute(query, parameters)).scalars())
 
     async def start(self, session: AsyncSession, conversation: Conversation, kind: str,
                     now: datetime, *, intent: str | None = None,
