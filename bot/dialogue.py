@@ -43,6 +43,11 @@ class Dialogue:
         understanding = self.understander.understand(
             message.text,
             lang_hint=conversation.language or self.prior_language(conversation, customer))
+        # On the message before any handler queries: a message stored in this transaction
+        # is then inserted (autoflush) complete, one statement instead of two.
+        message.lang, message.intent = understanding.lang, understanding.intent
+        message.confidence, message.entities = understanding.confidence, understanding.entities
+        message.urgent = understanding.urgent
         lang = self.choose_language(conversation, customer, understanding)
         if understanding.urgent:
             conversation.priority = "urgent"

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, bindparam, func, select, update
+from sqlalchemy import String, Update, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import aliased, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bot import metrics, rate_limit
@@ -123,14 +123,48 @@ def fit_inbound(inbound: InboundMessage) -> InboundMessage:
 # about as much CPU as running it (0.13 of 0.3 ms for a one-row select on PostgreSQL).
 FIND_DUPLICATE = select(Message.id, Message.conversation_id).where(
     Message.channel == bindparam("channel"), Message.external_id == bindparam("external_id"))
-CONTACT_OF_CHAT = select(Contact).where(Contact.channel == bindparam("channel"),
-                                        Contact.chat == bindparam("chat"))
-CONTACT_OF_CHAT_LOCKED = CONTACT_OF_CHAT.with_for_update()
+# The chat's contact, marked seen (with the sender's name and language hint when given) and
+# read in one statement. Being an UPDATE, it locks the row: on PostgreSQL that is the first
+# lock of the contact -> conversation -> message order; on SQLite it is the transaction's
+# first write, so it waits for the write lock and returns the row as the chat's previous
+# message left it (verification counters, customer link).
+TOUCH_CONTACT = (update(Contact)
+                 .where(Contact.channel == bindparam("of_channel"),
+                        Contact.chat == bindparam("of_chat"))
+                 .values(last_seen_at=bindparam("now", type_=Contact.last_seen_at.type),
+                         display_name=func.coalesce(
+                             bindparam("user_name", type_=Contact.display_name.type),
+                             Contact.display_name),
+                         language_hint=func.coalesce(
+                             bindparam("hint", type_=Contact.language_hint.type),
+                             Contact.language_hint))
+                 .returning(Contact)
+                 .execution_options(synchronize_session=False))
 OPEN_CONVERSATION = (select(Conversation)
                      .where(Conversation.contact_id == bindparam("contact_id"),
                             Conversation.status.in_(OPEN_STATUSES))
                      .order_by(Conversation.id.desc()).limit(1))
 OPEN_CONVERSATION_LOCKED = OPEN_CONVERSATION.with_for_update(of=Conversation)
+
+
+def _touch_open_conversation() -> Update:
+    """The contact's open conversation, marked as written to now and read in one
+    statement (locked, like any UPDATE). The status is checked again on the row itself: on
+    PostgreSQL a conversation resolved meanwhile is re-checked and left out."""
+    latest = aliased(Conversation)
+    now = bindparam("now", type_=Conversation.updated_at.type)
+    open_id = (select(latest.id)
+               .where(latest.contact_id == bindparam("of_contact"),
+                      latest.status.in_(OPEN_STATUSES))
+               .order_by(latest.id.desc()).limit(1).scalar_subquery())
+    return (update(Conversation)
+            .where(Conversation.id == open_id, Conversation.status.in_(OPEN_STATUSES))
+            .values(last_inbound_at=now, updated_at=now)
+            .returning(Conversation)
+            .execution_options(synchronize_session=False))
+
+
+TOUCH_OPEN_CONVERSATION = _touch_open_conversation()
 # Replies held until the customer wrote again (WeChat's 48-hour window) go now. No object
 # of the session can be such a row (storing loads no outbox rows), so nothing to synchronise.
 RELEASE_HELD = (update(OutboxItem)
@@ -240,8 +274,11 @@ class Pipeline:
 
     async def _store(self, session: AsyncSession, inbound: InboundMessage, text: str,
                      now: datetime, process: bool) -> tuple[Received, Processed | None]:
-        contact = await self._contact(session, inbound, now, lock=process)
-        conversation = await self._open_conversation(session, contact, now, text, lock=process)
+        contact = await self._contact(session, inbound, now)
+        conversation = await self._touched_conversation(session, contact, now, text,
+                                                        lock=process)
+        await session.execute(RELEASE_HELD, {"of_channel": inbound.channel,
+                                             "of_chat": inbound.chat, "now": now})
         message = Message(
             conversation_id=conversation.id, direction="in", sender="customer",
             channel=inbound.channel, external_id=inbound.external_id, text=text,
@@ -249,19 +286,12 @@ class Pipeline:
             processed_at=now if process else None,
         )
         session.add(message)
-        conversation.last_inbound_at = now
-        conversation.updated_at = now
-        await session.execute(RELEASE_HELD, {"of_channel": inbound.channel,
-                                             "of_chat": inbound.chat, "now": now})
-        await session.flush()
-        received = Received(message.id, conversation.id, duplicate=False)
         if not process:
-            return received, None
-        if not self.db.is_postgres:
-            # SQLite: the contact was read before this transaction took the write lock, so
-            # possibly before another message's processing committed (its verification
-            # counters, its customer link): read it again now that the lock is held.
-            await session.refresh(contact)
+            await session.flush()
+            return Received(message.id, conversation.id, duplicate=False), None
+        # Processing inserts the message with its first statement (autoflush), by then
+        # with what was understood: one INSERT instead of an INSERT and an UPDATE.
+        stored_in = conversation.id
         try:
             if conversation.status == "resolved":  # a survey's answer: not read locked
                 conversation = await self._locked_conversation(session, conversation.id)
@@ -270,34 +300,51 @@ class Pipeline:
                 set_committed_value(conversation, "customer", None if conversation.customer_id
                                     is None else await session.get(Customer,
                                                                    conversation.customer_id))
-            return received, await self._process_claimed(session, message, conversation, now)
+            processed = await self._process_claimed(session, message, conversation, now)
+            await session.flush()  # the message is inserted by now unless nothing was queried
+        except IntegrityError as exc:
+            if message.id is None:  # the message's own INSERT: another process stored the
+                raise               # same delivery meanwhile (_receive answers the duplicate)
+            raise _ProcessingFailed(exc) from exc
         except Exception as exc:
             raise _ProcessingFailed(exc) from exc
+        return Received(message.id, stored_in, duplicate=False), processed
 
     async def _find_duplicate(self, session: AsyncSession, inbound: InboundMessage) -> Received | None:
         row = (await session.execute(FIND_DUPLICATE, {
             "channel": inbound.channel, "external_id": inbound.external_id})).first()
         return Received(row.id, row.conversation_id, duplicate=True) if row else None
 
-    async def _contact(self, session: AsyncSession, inbound: InboundMessage, now: datetime,
-                       *, lock: bool = False) -> Contact:
-        """The chat's contact, created on its first message. With ``lock`` (the message is
-        processed in this transaction) it is read locked on PostgreSQL, so as the previous
-        message's processing left it (verification counters, customer link), not as it
-        was before that committed."""
-        query = CONTACT_OF_CHAT_LOCKED if lock and self.db.is_postgres else CONTACT_OF_CHAT
-        contact = (await session.execute(query, {
-            "channel": inbound.channel, "chat": inbound.chat})).scalar_one_or_none()
+    async def _contact(self, session: AsyncSession, inbound: InboundMessage,
+                       now: datetime) -> Contact:
+        """The chat's contact, marked seen and locked (``TOUCH_CONTACT``: as the previous
+        message's processing left it, not as it was before that committed); created on the
+        chat's first message."""
+        contact = (await session.execute(TOUCH_CONTACT, {
+            "of_channel": inbound.channel, "of_chat": inbound.chat, "now": now,
+            "user_name": inbound.user_name or None, "hint": inbound.language_hint or None,
+        })).scalar_one_or_none()
         if contact is None:
-            contact = Contact(channel=inbound.channel, chat=inbound.chat, created_at=now)
+            contact = Contact(channel=inbound.channel, chat=inbound.chat, created_at=now,
+                              last_seen_at=now, display_name=inbound.user_name or None,
+                              language_hint=inbound.language_hint or None)
             session.add(contact)
-        contact.last_seen_at = now
-        if inbound.user_name:
-            contact.display_name = inbound.user_name
-        if inbound.language_hint:
-            contact.language_hint = inbound.language_hint
-        await session.flush()
+            await session.flush()
         return contact
+
+    async def _touched_conversation(self, session: AsyncSession, contact: Contact,
+                                    now: datetime, text: str, *, lock: bool) -> Conversation:
+        """The conversation a new message of the contact joins, marked as written to now:
+        the open one (one statement in the usual case), else a survey awaiting this
+        answer, else a new one."""
+        conversation = (await session.execute(
+            TOUCH_OPEN_CONVERSATION, {"of_contact": contact.id, "now": now}
+        )).scalar_one_or_none()
+        if conversation is None:
+            conversation = await self._open_conversation(session, contact, now, text, lock=lock)
+            conversation.last_inbound_at = now
+            conversation.updated_at = now
+        return conversation
 
     async def _awaiting_rating(self, session: AsyncSession, contact: Contact,
                                text: str) -> Conversation | None:
@@ -386,15 +433,13 @@ class Pipeline:
         if customer is None and conversation.contact.customer_id is not None:
             customer = await session.get(Customer, conversation.contact.customer_id)
             conversation.customer_id = conversation.contact.customer_id
+        # respond() records what it understood on the message before any handler queries
         understanding, replies = await self.dialogue.respond(
             session, conversation, customer, message, now)
-        message.lang = understanding.lang
-        message.intent = understanding.intent
-        message.confidence = understanding.confidence
-        message.entities = understanding.entities
-        message.urgent = understanding.urgent
         conversation.updated_at = now
         await self.sla.after_customer_message(session, conversation, message, replies, now)
+        if message.id is None:  # stored in this transaction and nothing flushed it yet
+            await session.flush()
         outbox_ids = await self.queue_replies(session, conversation, replies, now,
                                               in_reply_to=message.id)
         return Processed(message.id, conversation.id, understanding, replies, outbox_ids)

@@ -49,7 +49,9 @@ async def test_concurrent_failed_verifications_of_one_chat_are_both_counted(
     await asyncio.wait_for(first_paused.wait(), 10)
 
     def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "FROM contacts" in statement:
+        sql = statement.lstrip()
+        if (sql.upper().startswith("SELECT") and "FROM contacts" in sql) \
+                or sql.startswith("UPDATE contacts"):  # read, or touched and read back
             second_read_contact.set()  # the first is paused: this is the second's read
 
     engine = service.db.engine.sync_engine
