@@ -224,31 +224,57 @@ async def _customer(session: AsyncSession, ref: str) -> Customer:
     return customer
 
 
-async def _conversation_ids(session: AsyncSession, customer: Customer,
-                            lock: bool = False) -> list[int]:
+async def _lock_contacts(session: AsyncSession, customer: Customer) -> list[int]:
+    """Lock (PostgreSQL: ``FOR UPDATE``, in id order) every contact an erasure of the
+    customer may write, and return their ids: the chats linked to them and the chats of the
+    conversations linked to them, a superset of what ``_contacts`` then picks. Contacts
+    first, like every path that stores or processes a message (contact, conversation,
+    message; docs/architecture.md, "Lock order"). ``FOR UPDATE`` rather than a weaker mode:
+    the erasure changes ``chat``, part of a unique key, which takes that lock anyway.
+
+    Once these rows are locked, nothing can add to the customer's conversations on these
+    chats: a message is stored (a conversation created, or linked to the customer by its
+    processing) only while its contact is locked (``handle`` and ``receive`` both update
+    the contact first), and the proactive messages of bot/jobs.py insert a conversation
+    referencing the contact, which waits for this lock too."""
+    theirs = select(Conversation.contact_id).where(Conversation.customer_id == customer.id)
+    return list((await session.execute(
+        select(Contact.id).where(or_(Contact.customer_id == customer.id,
+                                     Contact.id.in_(theirs)))
+        .order_by(Contact.id).with_for_update())).scalars())
+
+
+async def _conversation_ids(session: AsyncSession, customer: Customer, lock: bool = False,
+                            contact_ids: list[int] | None = None) -> list[int]:
     """The customer's conversations: linked to them, or unlinked ones on a chat linked to
     them (a chat that proved ownership later may have earlier conversations without the
-    link). A conversation linked to another customer is theirs, even on a shared chat."""
+    link). A conversation linked to another customer is theirs, even on a shared chat.
+    With ``contact_ids`` (the contacts ``_lock_contacts`` locked) only those on these
+    chats; with ``lock`` read ``FOR UPDATE`` in id order (PostgreSQL), after the contacts."""
     linked_chats = select(Contact.id).where(Contact.customer_id == customer.id)
     query = select(Conversation.id).where(or_(
         Conversation.customer_id == customer.id,
         and_(Conversation.customer_id.is_(None), Conversation.contact_id.in_(linked_chats)))
     ).order_by(Conversation.id)
-    if lock:  # PostgreSQL: conversation rows first, like every other writer
+    if contact_ids is not None:
+        query = query.where(Conversation.contact_id.in_(contact_ids))
+    if lock:
         query = query.with_for_update()
     return list((await session.execute(query)).scalars())
 
 
-async def _contacts(session: AsyncSession, customer: Customer,
-                    conversation_ids: list[int]) -> list[Contact]:
+async def _contacts(session: AsyncSession, customer: Customer, conversation_ids: list[int],
+                    contact_ids: list[int] | None = None) -> list[Contact]:
     """Chats linked to the customer, and unlinked chats their conversations came from (a
-    chat linked to another customer since is that customer's, and is left alone)."""
+    chat linked to another customer since is that customer's, and is left alone). With
+    ``contact_ids`` only among those (the erasure writes only contacts it locked first)."""
     used = select(Conversation.contact_id).where(Conversation.id.in_(conversation_ids))
-    return list((await session.execute(
-        select(Contact).where(or_(
-            Contact.customer_id == customer.id,
-            and_(Contact.customer_id.is_(None), Contact.id.in_(used))))
-        .order_by(Contact.id))).scalars())
+    query = select(Contact).where(or_(
+        Contact.customer_id == customer.id,
+        and_(Contact.customer_id.is_(None), Contact.id.in_(used)))).order_by(Contact.id)
+    if contact_ids is not None:
+        query = query.where(Contact.id.in_(contact_ids))
+    return list((await session.execute(query)).scalars())
 
 
 def _jsonable(value: Any) -> Any:
@@ -334,8 +360,16 @@ async def erase_customer(session: AsyncSession, ref: str, now: datetime) -> dict
     ownership events, quotes, orders). Undelivered messages to them are given up. Runs in
     the caller's transaction; idempotent. Raises ``CustomerNotFound``."""
     customer = await _customer(session, ref)
-    conversation_ids = await _conversation_ids(session, customer, lock=True)
-    contacts = await _contacts(session, customer, conversation_ids)
+    # Lock order as everywhere else (PostgreSQL; SQLite has one writer at a time): the
+    # contacts, then the conversations, then the rest. The conversations and contacts
+    # erased are those on the locked chats: a chat linked to the customer by a message
+    # committed in between (a verification at that very moment) is left as if linked just
+    # after the erasure, rather than locked out of order (which could deadlock with the
+    # chat's next message); running the erasure again takes it.
+    locked = await _lock_contacts(session, customer)
+    conversation_ids = await _conversation_ids(session, customer, lock=True,
+                                               contact_ids=locked)
+    contacts = await _contacts(session, customer, conversation_ids, contact_ids=locked)
     their_outbox = OutboxItem.message_id.in_(
         select(Message.id).where(Message.conversation_id.in_(conversation_ids)))
     changed = {
