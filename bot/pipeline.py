@@ -123,6 +123,13 @@ def fit_inbound(inbound: InboundMessage) -> InboundMessage:
 # about as much CPU as running it (0.13 of 0.3 ms for a one-row select on PostgreSQL).
 FIND_DUPLICATE = select(Message.id, Message.conversation_id).where(
     Message.channel == bindparam("channel"), Message.external_id == bindparam("external_id"))
+# Before anything is written, in one round trip: is this delivery stored already (a
+# redelivery; no message without an external id is), and how many messages did the chat
+# store in the last minute (the rate limit).
+ADMISSION = select(
+    FIND_DUPLICATE.with_only_columns(Message.id).scalar_subquery(),
+    FIND_DUPLICATE.with_only_columns(Message.conversation_id).scalar_subquery(),
+    rate_limit.COUNT_RECENT_INBOUND.scalar_subquery())
 # The chat's contact, marked seen (with the sender's name and language hint when given) and
 # read in one statement. Being an UPDATE, it locks the row: on PostgreSQL that is the first
 # lock of the contact -> conversation -> message order; on SQLite it is the transaction's
@@ -253,15 +260,15 @@ class Pipeline:
         now = self.clock.now()
         try:
             async with self.db.sessions.begin() as session:
-                if inbound.external_id is not None:
-                    existing = await self._find_duplicate(session, inbound)
-                    if existing is not None:
-                        return existing, None
+                duplicate_id, duplicate_in, recent = (await session.execute(ADMISSION, {
+                    "external_id": inbound.external_id,
+                    **rate_limit.count_parameters(self.settings.limits, inbound, now),
+                })).one()
+                if duplicate_id is not None:
+                    return Received(duplicate_id, duplicate_in, duplicate=True), None
                 # A flooding chat: refused once a minute, then dropped silently, after this
                 # transaction (bot/rate_limit.py).
-                flooding = await rate_limit.over_limit(session, self.settings.limits,
-                                                       inbound, now)
-                if not flooding:
+                if not rate_limit.over_limit(self.settings.limits, recent):
                     return await self._store(session, inbound, text, now, process)
         except IntegrityError:
             # Another process stored the same delivery (or created the same contact) first.

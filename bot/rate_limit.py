@@ -74,17 +74,18 @@ def _count_recent_inbound() -> Select[int]:
 COUNT_RECENT_INBOUND = _count_recent_inbound()
 
 
-async def over_limit(session: AsyncSession, limits: LimitsSettings, inbound: InboundMessage,
-                     now: datetime) -> bool:
+def count_parameters(limits: LimitsSettings, inbound: InboundMessage,
+                     now: datetime) -> dict[str, object]:
+    """The parameters of ``COUNT_RECENT_INBOUND`` for this message (the pipeline runs it
+    together with its duplicate check, in the transaction that stores the message)."""
+    return {"channel": inbound.channel, "chat": inbound.chat, "since": now - WINDOW,
+            "limit": max(limits.messages_per_minute, 0)}
+
+
+def over_limit(limits: LimitsSettings, recent: int) -> bool:
     """True when the chat stored ``messages_per_minute`` messages in the last minute
-    already. Read in the caller's transaction, before it stores anything."""
-    limit = limits.messages_per_minute
-    if limit <= 0:
-        return False
-    stored = int(await session.scalar(COUNT_RECENT_INBOUND, {
-        "channel": inbound.channel, "chat": inbound.chat, "since": now - WINDOW,
-        "limit": limit}) or 0)
-    return stored >= limit
+    already (``recent``, as ``COUNT_RECENT_INBOUND`` counted them)."""
+    return 0 < limits.messages_per_minute <= recent
 
 
 async def refuse(db: Database, inbound: InboundMessage, now: datetime) -> Received:
