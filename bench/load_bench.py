@@ -4,25 +4,35 @@ For each configuration (default: SQLite with 1 process, PostgreSQL with 1 and wi
 processes on one database, each process on its own port, requests spread round-robin)
 the benchmark starts the processes on 127.0.0.1 with Telegram pointed at a Bot API
 stand-in of its own (a separate process that records when each chat's ``sendMessage``
-arrives), the after-hours notice and the scheduler off, then:
+arrives), the after-hours notice and the scheduler off, warms them up, then runs
+``--messages`` webhook updates per process, from many chats (five messages per chat, each
+chat greeting in one of the eight languages, so every message gets exactly one reply):
 
-* **paced**: ``--messages`` webhook updates per process at ``--rate`` per process per
-  second (open loop: requests leave on schedule whether or not earlier ones finished),
-  from many chats (five messages per chat, each chat greeting in one of the eight
-  languages, so every message gets exactly one reply);
-* **saturated**: the same number again with ``--concurrency`` requests in flight per
-  process, as fast as the processes take them: the capacity.
+* **saturated**: ``--concurrency`` requests in flight per process, as fast as the
+  processes take them: the capacity;
+* **paced**: at each of ``--rates`` updates per process per second (open loop: requests
+  leave on schedule whether or not earlier ones finished, and their times count from
+  when they were due), then at 70 % of the capacity just measured.
 
 Printed per run: messages per second end to end (first request sent → last reply at the
 stand-in), p50/p99 from request sent to reply received, p50/p99 of the webhook's HTTP
 answer (the message stored and processed, replies queued), peak RSS (VmHWM) and CPU time
-per message of each serve process; then the bare database cost on the same database
-(one INSERT + COMMIT per message in a tight loop through the app's engine) and the ratio
-end-to-end time per message and process / bare. ``--profile`` samples the first process
-with py-spy during the saturated run and says where its time goes.
+per message of each serve process, and the CPU per message spent elsewhere on the machine
+(PostgreSQL, the load generator, the stand-in); after the runs, the bare database cost on
+the same database (one INSERT + COMMIT per message in a tight loop through the app's
+engine) and the ratio end-to-end time per message and process / bare; at the end, unless
+``--breakdown 0``, the same pipeline in this process without HTTP, per stage.
+``--profile`` samples the first process with py-spy during the saturated run and says
+where its time goes; ``--check`` exits 1 when a message went without reply or got two.
+
+The harness shares the CPUs with what it measures, so it is kept cheap: the load
+generator sends request bodies rendered to bytes beforehand with prebuilt headers through
+one aiohttp session on kept-alive connections and looks at just the answers' status, and
+the stand-in is an aiohttp web server with a single handler.
 
     python bench/load_bench.py [--configs sqlite:1,postgresql:1,postgresql:3]
-        [--messages 3000] [--rate 300] [--concurrency 32] [--profile] [--no-postgres]
+        [--messages 1000] [--rates 300] [--concurrency 16] [--breakdown 300]
+        [--bare-rounds 3000] [--profile] [--check] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -45,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -59,51 +72,85 @@ MESSAGES_PER_CHAT = 5
 
 # --- the Telegram Bot API stand-in (its own process) -------------------------------------------
 
+GET_ME = json.dumps({"ok": True, "result": {
+    "id": 123456, "is_bot": True, "first_name": "Bench", "username": "bench_bot",
+    "can_join_groups": True, "can_read_all_group_messages": False,
+    "supports_inline_queries": False}}).encode()
+
+
 def stand_in_main() -> None:
     """``load_bench.py --stand-in``: answer getMe and sendMessage like the Bot API, record
     the arrival time (time.monotonic, system-wide on Linux) of every sendMessage per chat,
-    serve the records on GET /_records. Prints its port on stdout."""
+    serve the records on GET /_records (``?full=1``: the times per chat), forget them on
+    POST /_reset. Prints its port on stdout.
+
+    An aiohttp web server with a single handler for every path. A sendMessage body is read
+    as the form (application/x-www-form-urlencoded: what python-telegram-bot sends without
+    files) or as JSON, by its Content-Type."""
+    from urllib.parse import parse_qsl
+
     from aiohttp import web
 
     received: dict[str, list[float]] = defaultdict(list)
-    ids = iter(range(1, 1 << 62))
+    count = 0
+    ids = itertools.count(1)
 
-    async def bot_api(request: web.Request) -> web.Response:
-        method = request.match_info["method"]
-        if method == "sendMessage":
-            arrived = time.monotonic()
-            form = await request.post()
+    def answer(body: bytes, status: int = 200) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    def bad_request(description: str) -> web.Response:
+        return answer(json.dumps({"ok": False, "error_code": 400,
+                                  "description": f"Bad Request: {description}"}).encode(), 400)
+
+    async def send_message(request: web.Request, arrived: float) -> web.Response:
+        nonlocal count
+        body = await request.read()
+        try:
+            if request.content_type == "application/x-www-form-urlencoded":
+                form = dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
+            elif request.content_type == "application/json":
+                form = json.loads(body)
+            else:
+                return bad_request("the stand-in reads form or JSON bodies, not "
+                                   + request.headers.get("Content-Type", "none"))
             chat = str(form.get("chat_id"))
-            received[chat].append(arrived)
-            return web.json_response({"ok": True, "result": {
+            reply = json.dumps({"ok": True, "result": {
                 "message_id": next(ids), "date": int(time.time()),
-                "chat": {"id": int(chat), "type": "private"}, "text": str(form.get("text"))}})
-        if method == "getMe":
-            return web.json_response({"ok": True, "result": {
-                "id": 123456, "is_bot": True, "first_name": "Bench", "username": "bench_bot",
-                "can_join_groups": True, "can_read_all_group_messages": False,
-                "supports_inline_queries": False}})
-        return web.json_response({"ok": True, "result": True})
+                "chat": {"id": int(chat), "type": "private"},
+                "text": str(form.get("text"))}}).encode()
+        except (ValueError, TypeError, AttributeError) as exc:  # a body it cannot read
+            return bad_request(str(exc))
+        received[chat].append(arrived)
+        count += 1
+        return answer(reply)
 
-    async def records(request: web.Request) -> web.Response:
-        return web.json_response({"count": sum(len(v) for v in received.values()),
-                                  "chats": received if "full" in request.query else {}})
-
-    async def reset(request: web.Request) -> web.Response:
-        received.clear()
-        return web.json_response({"ok": True})
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal count
+        arrived = time.monotonic()
+        path = request.path
+        if path.startswith("/bot"):
+            api_method = path.rpartition("/")[2]
+            if api_method == "sendMessage":
+                return await send_message(request, arrived)
+            if api_method == "getMe":
+                return answer(GET_ME)
+            return answer(b'{"ok":true,"result":true}')
+        if path == "/_records":
+            full = "full" in request.query
+            return answer(json.dumps({"count": count, "chats": received if full else {}}).encode())
+        if path == "/_reset" and request.method == "POST":
+            received.clear()
+            count = 0
+            return answer(b'{"ok":true}')
+        return answer(b'{"ok":false,"error_code":404,"description":"Not Found"}', 404)
 
     async def run() -> None:
         app = web.Application()
-        app.router.add_route("*", "/bot{token}/{method}", bot_api)
-        app.router.add_get("/_records", records)
-        app.router.add_post("/_reset", reset)
+        app.router.add_route("*", "/{path:.*}", handle)  # one handler for everything
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        print(port, flush=True)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        print(runner.addresses[0][1], flush=True)
         await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -269,65 +316,88 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
+async def stand_in_call(session: aiohttp.ClientSession, stand_in: str, method: str,
+                        path: str) -> Any:
+    """One call to the stand-in's own endpoints."""
+    async with session.request(method, stand_in + path) as response:
+        if response.status != 200:
+            raise RuntimeError(f"stand-in {method} {path}: HTTP {response.status} "
+                               f"{(await response.read())[:200]!r}")
+        return await response.json()
+
+
 async def send_load(servers: list[Server], stand_in: str, *, first_update: int,
                     first_chat: int, total: int, rate: float | None, concurrency: int,
                     label: str) -> RunResult:
     """Send ``total`` updates (paced at ``rate`` per second overall, or ``concurrency``
     in flight per process), wait for the replies, match them to the requests per chat (a
-    chat's replies arrive in order, one per message)."""
-    import httpx
+    chat's replies arrive in order, one per message).
 
+    The generator has to stay cheap next to the processes it measures on the same CPUs:
+    one aiohttp session on kept-alive connections, every request body rendered to bytes
+    and the headers built before the clock starts, nothing of the answers but their
+    status looked at (httpx costs about four times as much CPU per request)."""
     chats = max(1, total // MESSAGES_PER_CHAT)
     while chats % len(servers) == 0 and len(servers) > 1:
         chats += 1  # a chat's messages reach different processes, as behind a balancer
     result = RunResult(label, total)
     sent_at: dict[int, list[float]] = defaultdict(list)
-    limits = httpx.Limits(max_connections=concurrency * len(servers) + 64,
-                          max_keepalive_connections=concurrency * len(servers) + 64)
-    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        await client.post(stand_in + "/_reset")
+    chat_of = [first_chat + i % chats for i in range(total)]
+    bodies = [json.dumps(update(first_update + i, chat_of[i])).encode() for i in range(total)]
+    urls = [server.url + "/webhooks/telegram" for server in servers]
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "Content-Type": "application/json"}
 
-        connections = asyncio.Semaphore(concurrency * len(servers) + 64)
+    # Per process: the requests in flight of the saturated run, plus a share of 64 more
+    # connections for the paced runs (requests beyond them wait for one, first come first
+    # served; their time still counts from when they were due). Idle connections are let
+    # go after 4 s, before uvicorn's keep-alive timeout (5 s) closes one under a request.
+    # No limit on the wait for a connection; 60 s to connect, 60 s for an answer.
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=concurrency + max(1, 64 // len(servers)), keepalive_timeout=4)
+    session = aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=60))
 
-        async def one(i: int, scheduled: float | None = None) -> None:
-            chat = first_chat + i % chats
-            server = servers[i % len(servers)]
-            body = json.dumps(update(first_update + i, chat))
-            started = scheduled or time.monotonic()
-            sent_at[chat].append(started)
-            try:
-                async with connections:
-                    response = await client.post(server.url + "/webhooks/telegram", content=body,
-                                                 headers={**headers,
-                                                          "Content-Type": "application/json"})
-                failure = None if response.status_code == 200 else f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                failure = type(exc).__name__
-            result.http.append(time.monotonic() - started)
-            if failure is not None:  # not stored: Telegram would resend it; no reply comes
-                result.errors[failure] += 1
-                sent_at[chat].remove(started)
+    async def send(i: int, started: float) -> None:
+        chat = chat_of[i]
+        sent_at[chat].append(started)
+        try:
+            async with session.post(urls[i % len(urls)], data=bodies[i],
+                                    headers=headers) as response:
+                await response.read()  # small; read to the end, the connection is reused
+                failure = None if response.status == 200 else f"HTTP {response.status}"
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError included
+            failure = type(exc).__name__
+        result.http.append(time.monotonic() - started)
+        if failure is not None:  # not stored: Telegram would resend it; no reply comes
+            result.errors[failure] += 1
+            sent_at[chat].remove(started)
 
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await stand_in_call(session, stand_in, "POST", "/_reset")
+        loop = asyncio.get_running_loop()
         began = time.monotonic()
-        if rate:
-            tasks = []
+        if rate:  # open loop: each request leaves when due, however the earlier ones fare
             for i in range(total):
                 scheduled = began + i / rate
                 delay = scheduled - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(i, scheduled)))
+                tasks.append(loop.create_task(send(i, scheduled)))
             issued = time.monotonic()
             await asyncio.gather(*tasks)
-        else:
-            counter = iter(range(total))
+        else:  # each answered request makes way for the next, round-robin over processes
+            upcoming = iter(range(total))
 
             async def worker() -> None:
-                for i in counter:
-                    await one(i)
+                for i in upcoming:
+                    await send(i, time.monotonic())
 
-            await asyncio.gather(*(worker() for _ in range(concurrency * len(servers))))
+            tasks += [loop.create_task(worker())
+                      for _ in range(min(total, concurrency * len(servers)))]
+            await asyncio.gather(*tasks)
             issued = time.monotonic()
         result.send_rate = total / max(1e-9, issued - began)
         expected = sum(len(times) for times in sent_at.values())
@@ -335,7 +405,7 @@ async def send_load(servers: list[Server], stand_in: str, *, first_update: int,
         deadline = time.monotonic() + 900
         quiet_since, seen = time.monotonic(), -1
         while time.monotonic() < deadline:
-            count = (await client.get(stand_in + "/_records")).json()["count"]
+            count = (await stand_in_call(session, stand_in, "GET", "/_records"))["count"]
             if count >= expected:
                 break
             if count != seen:
@@ -343,7 +413,11 @@ async def send_load(servers: list[Server], stand_in: str, *, first_update: int,
             elif time.monotonic() - quiet_since > 15:
                 break  # nothing new for 15 s: the rest is not coming
             await asyncio.sleep(0.1)
-        records = (await client.get(stand_in + "/_records", params={"full": "1"})).json()
+        records = await stand_in_call(session, stand_in, "GET", "/_records?full=1")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await session.close()
     last_reply = began
     for chat, times in sent_at.items():
         replies = sorted(records["chats"].get(str(chat), []))
