@@ -314,9 +314,11 @@ class OutboxSettings(Section):
     max_delay_seconds: float = Field(default=300.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     lease_seconds: float = Field(default=60.0, gt=0)  # a claimed row is retried after this
-    # Back-pressure: the backlog stays in the database. A dispatcher holds at most one batch
-    # of due row ids per channel and one claimed row per send in flight, however slow the
-    # platform; replies to different chats are sent concurrently, one chat's in order.
+    # Back-pressure: the backlog stays in the database. serve's dispatcher holds at most one
+    # claimed row per send slot (concurrency) per channel, from its claim until its outcome
+    # is written, however slow the platform; batch_size caps one claim (and dispatch_due's
+    # ids). Replies to different chats are sent concurrently, one chat's in order. A send
+    # taking longer than 0.8 × lease_seconds is cut off and retried.
     batch_size: int = Field(default=200, ge=1, le=10_000)
     concurrency: int = Field(default=4, ge=1, le=256)  # sends in flight per channel (serve)
 
