@@ -216,6 +216,9 @@ class Pipeline:
         self.on_outbox = on_outbox or (lambda: None)
         # Channels whose webhook answers with the reply itself, and how long it may wait.
         self.passive_reply_windows: dict[str, timedelta] = {}
+        # Channels that may hold replies until the customer writes (``holds_replies``);
+        # None: not known, so every channel's held replies are looked for.
+        self.holding_channels: set[str] | None = None
 
     async def handle(self, inbound: InboundMessage) -> Processed:
         """Receive and process in one transaction (channels that answer synchronously).
@@ -284,8 +287,9 @@ class Pipeline:
         contact = await self._contact(session, inbound, now)
         conversation = await self._touched_conversation(session, contact, now, text,
                                                         lock=process)
-        await session.execute(RELEASE_HELD, {"of_channel": inbound.channel,
-                                             "of_chat": inbound.chat, "now": now})
+        if self.holding_channels is None or inbound.channel in self.holding_channels:
+            await session.execute(RELEASE_HELD, {"of_channel": inbound.channel,
+                                                 "of_chat": inbound.chat, "now": now})
         message = Message(
             conversation_id=conversation.id, direction="in", sender="customer",
             channel=inbound.channel, external_id=inbound.external_id, text=text,

@@ -72,6 +72,9 @@ class Service:
         sla = SlaRules(settings, calendars)
         pipeline = Pipeline(settings=settings, db=db, clock=clock, dialogue=dialogue, sla=sla,
                             on_outbox=outbox.wake)
+        # Only these channels' replies can be held until the customer writes again.
+        pipeline.holding_channels = {name for name, channel in channels.items()
+                                     if getattr(channel, "holds_replies", False)}
         if settings.wechat.enabled:
             # Replies wait out WeChat's answer window (plus a margin) before the outbox may
             # send them through the API: the callback's response gets the first chance.

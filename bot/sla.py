@@ -182,7 +182,10 @@ class SlaRules:
                                      now: datetime) -> None:
         """The customer wrote and the bot answered (``replies``): resume what waited on
         the customer, start what a hand-off or an unanswered message owes."""
-        await self.resume(session, conversation.id, now)
+        if conversation.status != "open":
+            # Only an agent's question pauses a clock, and an agent's conversation is
+            # never open again: an open one (the bot's, most messages) has none to resume.
+            await self.resume(session, conversation.id, now)
         for reply in replies:
             if reply.kind != "handoff" or reply.to != "agents":
                 continue

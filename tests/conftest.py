@@ -118,6 +118,7 @@ class RecordingChannel:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.holds_replies = name == "wechat"  # as the real channels
         self.sent: list[Delivery] = []
         self.failures: list[Exception] = []
 

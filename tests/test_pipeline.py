@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from bot.db.models import Contact, Conversation, Message, OutboxItem
 from bot.pipeline import InvalidMessage
@@ -161,3 +162,56 @@ async def test_a_redelivery_processes_a_message_whose_first_processing_failed(
     await service.outbox.dispatch_due()
     assert [d.intent for d in channels["telegram"].sent] == ["greeting"]
     assert await count(service, Message) == 2
+
+
+async def test_a_greeting_is_stored_and_answered_in_seven_statements(service: Service) -> None:
+    """The hot path's statement budget (docs/architecture.md, "Few statements per message"):
+    duplicate check and rate limit in one SELECT, the contact and the open conversation
+    each touched and read back in one UPDATE, the message inserted once with what was
+    understood, the reply and its outbox row, the conversation's last answer. No held
+    replies to look for on Telegram (it holds none) and no paused SLA clock on a
+    conversation no agent has answered."""
+    chat = "tg-statements"
+    await service.pipeline.handle(InboundMessage(channel="telegram", chat=chat,
+                                                 text="hello", external_id="s-0"))
+    service.clock.advance(timedelta(minutes=1))  # type: ignore[attr-defined]
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split())[:40])
+
+    engine = service.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        processed = await service.pipeline.handle(InboundMessage(
+            channel="telegram", chat=chat, text="hello", external_id="s-1"))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert processed.understanding is not None and processed.understanding.intent == "greeting"
+    assert len(processed.outbox_ids) == 1
+    work = [s for s in statements if not s.upper().startswith(("BEGIN", "COMMIT", "SELECT 1"))]
+    assert len(work) == 7, statements
+    assert sum(s.startswith("INSERT INTO messages") for s in work) == 2  # one per message
+    assert not any("sla_clocks" in s or s.startswith("UPDATE outbox") for s in work)
+    async with service.db.sessions() as session:
+        stored = (await session.execute(select(Message).where(
+            Message.external_id == "s-1"))).scalar_one()
+    assert (stored.intent, stored.lang, stored.processed_at) == ("greeting", "en",
+                                                                 stored.created_at)
+
+
+async def test_a_held_reply_is_released_when_the_customer_writes_on_a_holding_channel(
+        service: Service, chat: Any) -> None:
+    """Only channels that hold replies look for them; there a new message releases them."""
+    assert service.pipeline.holding_channels == {"wechat"}
+    async with service.db.sessions.begin() as session:
+        session.add(OutboxItem(channel="wechat", chat="wx-held", status="held", attempts=1,
+                               payload={"text": "later", "kind": "text", "to": "customer"},
+                               next_attempt_at=service.clock.now(),
+                               created_at=service.clock.now()))
+    await service.pipeline.receive(InboundMessage(channel="wechat", chat="wx-held",
+                                                  text="hello", external_id="wx-1"))
+    async with service.db.sessions() as session:
+        status = await session.scalar(select(OutboxItem.status).where(
+            OutboxItem.chat == "wx-held", OutboxItem.payload.is_not(None)).limit(1))
+    assert status == "pending"

@@ -58,6 +58,11 @@ class HeldDeliveryError(Exception):
 
 
 class Channel(Protocol):
+    """A platform the outbox sends through. A channel whose ``send`` may raise
+    ``HeldDeliveryError`` (the platform refuses until the customer writes again) also sets
+    ``holds_replies = True``: only for those does storing a customer message release the
+    chat's held replies (one statement less per message everywhere else)."""
+
     name: str
 
     async def send(self, delivery: Delivery) -> str | None:

@@ -118,6 +118,7 @@ class WechatApi:
 
 class WechatChannel:
     name = NAME
+    holds_replies = True  # outside the 48-hour window send() raises HeldDeliveryError
 
     def __init__(self, settings: WechatSettings, api: WechatApi | None = None) -> None:
         self.settings = settings
