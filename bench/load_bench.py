@@ -24,6 +24,8 @@ engine) and the ratio end-to-end time per message and process / bare; at the end
 ``--breakdown 0``, the same pipeline in this process without HTTP, per stage.
 ``--profile`` samples the first process with py-spy during the saturated run and says
 where its time goes; ``--check`` exits 1 when a message went without reply or got two.
+``--outbox-concurrency N`` sets the processes' ``[outbox] concurrency`` (sends in flight;
+default: the configuration's default) to see how much delivery holds the capacity back.
 
 The harness shares the CPUs with what it measures, so it is kept cheap: the load
 generator sends request bodies rendered to bytes beforehand with prebuilt headers through
@@ -33,6 +35,7 @@ the stand-in is an aiohttp web server with a single handler.
     python bench/load_bench.py [--configs sqlite:1,postgresql:1,postgresql:3]
         [--messages 1000] [--rates 300] [--concurrency 16] [--breakdown 300]
         [--bare-rounds 3000] [--profile] [--check] [--no-postgres]
+        [--outbox-concurrency N]
 """
 
 from __future__ import annotations
@@ -182,8 +185,11 @@ def supportbot() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "bot.cli"]
 
 
-def serve_env(database_url: str, stand_in: str) -> dict[str, str]:
+def serve_env(database_url: str, stand_in: str,
+              outbox_concurrency: int | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTBOT_")}
+    if outbox_concurrency is not None:
+        env["SUPPORTBOT_OUTBOX__CONCURRENCY"] = str(outbox_concurrency)
     env.update({
         "SUPPORTBOT_DATABASE__URL": database_url,
         "SUPPORTBOT_TELEGRAM__TOKEN": TOKEN,
@@ -594,7 +600,7 @@ async def run_config(backend: str, processes: int, args: argparse.Namespace,
             url = f"sqlite+aiosqlite:///{folder}/load.db"
         else:
             pg_name, url = await create_pg_database(args.pg_admin)
-        env = serve_env(url, stand_in.url)
+        env = serve_env(url, stand_in.url, args.outbox_concurrency)
         if backend != "sqlite":  # several processes must not race to migrate
             subprocess.run([*supportbot(), "db", "upgrade"], cwd=folder, env=env, check=True,
                            capture_output=True)
@@ -755,6 +761,9 @@ async def main() -> int:
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a message went without reply or got two")
     parser.add_argument("--pg-admin", default=PG_ADMIN)
+    parser.add_argument("--outbox-concurrency", type=int, default=None, metavar="N",
+                        help="[outbox] concurrency of the serve processes (default: the "
+                             "configuration's)")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
 
