@@ -72,8 +72,8 @@ bench: venv
 # Hostile input with many more random examples (tests/test_hostile.py; docs/security.md),
 # then the fault, several-process and load tests over and over on PostgreSQL.
 STRESS_EXAMPLES ?= 2000
-# Rounds of the fault, several-process and load tests (timing-dependent races show up
-# over repeated runs, not in one).
+# Rounds of the fault, race, several-process and load tests (timing-dependent races show
+# up over repeated runs, not in one).
 STRESS_ROUNDS ?= 5
 stress: venv
 	@echo "==> hostile input on SQLite, $(STRESS_EXAMPLES) examples per property"
@@ -84,9 +84,10 @@ stress: venv
 	  SUPPORTBOT_FUZZ_EXAMPLES=$(STRESS_EXAMPLES) SUPPORTBOT_TEST_DATABASE=postgresql \
 	    $(PY) -m pytest -q tests/test_hostile.py; \
 	  for round in $$(seq $(STRESS_ROUNDS)); do \
-	    echo "==> faults, several processes and load on PostgreSQL, round $$round of $(STRESS_ROUNDS)"; \
+	    echo "==> faults, races, several processes and load on PostgreSQL, round $$round of $(STRESS_ROUNDS)"; \
 	    SUPPORTBOT_TEST_DATABASE=postgresql $(PY) -m pytest -q -p no:cacheprovider \
-	      tests/test_faults.py tests/test_multiprocess.py tests/test_load.py tests/test_metrics.py; \
+	      tests/test_faults.py tests/test_multiprocess.py tests/test_load.py tests/test_metrics.py \
+      tests/test_outbox_batching.py tests/test_pipeline_races.py tests/test_erase_races.py; \
 	  done; \
 	else \
 	  echo "PostgreSQL at 127.0.0.1:5432 not reachable: skipping the PostgreSQL run"; \

@@ -414,7 +414,9 @@ async def test_slack_forged_or_replayed_requests_get_401_and_store_nothing(
             sent = body.replace("Hello from a forger", json.dumps(extra)[1:-1]) \
                 if action == "reply" else body + "&" + urllib.parse.urlencode({"text": extra})
         elif how == "cut":
-            sent = body[:data.draw(st.integers(0, len(body) - 1))]
+            # Drawn independently of the body's length (conversation ids and times make it
+            # vary between examples; hypothesis needs the same draws when it replays one).
+            sent = body[:data.draw(st.integers(0, 1 << 16)) % len(body)]
         elif how == "junk":
             sent = body + extra
         else:
