@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from aiohttp import web
 
 from bot.db.database import Database
 
@@ -33,3 +34,13 @@ async def app_client(service: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://supportbot") as http:
         yield http
+
+
+async def serve_locally(app: web.Application, **runner_options: Any) -> tuple[web.AppRunner, int]:
+    """A platform stand-in's aiohttp app, served on 127.0.0.1 at a free port: the runner
+    (to clean up) and the port."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

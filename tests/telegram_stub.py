@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.helpers import serve_locally
+
 TOKEN = "123456:TEST-token_abcdefghijklmnopqrstuvwxyz"
 WEBHOOK_SECRET = "s3cret-Webhook_token"
 BOT_ID = 123456
@@ -31,11 +33,7 @@ class TelegramStub:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve_locally(app)
         self.base_url = f"http://127.0.0.1:{port}"
         return self.base_url
 

@@ -21,6 +21,7 @@ from bot.channels.base import PermanentDeliveryError, TemporaryDeliveryError
 from bot.channels.telegram import build_bot, delivery_error
 from bot.channels.telegram_request import AiohttpRequest
 from bot.config import load_settings
+from tests.helpers import serve_locally
 from tests.telegram_stub import TOKEN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,11 +41,7 @@ class BotApi:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=2)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve_locally(app, shutdown_timeout=2)
         self.base_url = f"http://127.0.0.1:{port}"
         return self.base_url
 

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from bot.channels.wechat_protocol import AesCrypto, signature
+from tests.helpers import serve_locally
 
 TOKEN = "wxToken123"
 APP_ID = "wx1234567890abcdef"
@@ -33,11 +34,7 @@ class WechatStub:
         app = web.Application()
         app.router.add_post("/cgi-bin/stable_token", self._token)
         app.router.add_post("/cgi-bin/message/custom/send", self._send)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, port = await serve_locally(app)
         self.base_url = f"http://127.0.0.1:{port}"
         return self.base_url
 
