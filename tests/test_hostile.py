@@ -1138,10 +1138,20 @@ DEEP = b"[" * 100_000 + b"]" * 100_000  # a small body, but json.loads raises Re
 
 
 async def test_telegram_wrong_types_and_deep_nesting_get_400(telegram: Site) -> None:
+    chat = {"id": 0, "type": "private"}
+    user = {"id": 1, "is_bot": False, "first_name": ""}
     for body in [{"update_id": 0, "poll": []}, {"update_id": 0, "my_chat_member": False},
                  {"update_id": 0, "message": {"message_id": 0, "date": 0, "chat": None,
-                                              "document": []}}]:
+                                              "document": []}},
+                 # found by make stress: button data or text that is not a string
+                 {"update_id": 0, "callback_query": {
+                     "id": "", "from": user, "chat_instance": "", "data": [[[0]]],
+                     "message": {"message_id": 0, "date": 0, "chat": chat}}},
+                 {"update_id": 0, "message": {"message_id": 0, "date": 0, "chat": chat,
+                                              "from": user, "text": {"a": 1}}}]:
+        before = await counts(telegram.service)
         assert (await post_telegram(telegram, json.dumps(body).encode())).status_code == 400
+        assert await counts(telegram.service) == before
     body = b'{"update_id": 1, "message": ' + DEEP + b"}"
     assert (await post_telegram(telegram, body)).status_code == 400
 

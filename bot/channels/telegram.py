@@ -135,6 +135,8 @@ def parse_update(data: dict[str, Any], bot: Bot | None = None) -> tuple[InboundM
         message = query.message
         if message is None or not query.data:
             return None, query.id
+        if not isinstance(query.data, str):  # Update.de_json does not check field types
+            raise ValueError("callback data is not text")
         user = query.from_user
         return InboundMessage(
             channel=NAME, chat=str(message.chat.id), text=query.data, external_id=external_id,
@@ -153,6 +155,8 @@ def parse_update(data: dict[str, Any], bot: Bot | None = None) -> tuple[InboundM
                             "name": message.document.file_name or "document",
                             "mime": message.document.mime_type or ""})
     text = message.text or message.caption or ""
+    if not isinstance(text, str):  # Update.de_json does not check field types
+        raise ValueError("message text is not text")
     if not text.strip() and attachments:
         # The pipeline needs words; a bare attachment is described by its file names.
         text = " ".join("📎 " + a["name"] for a in attachments)
