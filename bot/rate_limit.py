@@ -50,11 +50,12 @@ def notice_key(channel: str, chat: str) -> str:
     return f"{NOTICE_PREFIX}{channel[:32]}:{digest[:40]}"
 
 
-def _recent_conversations(inbound: InboundMessage, since: datetime) -> ScalarSelect[int]:
-    # Every message stored in the last minute is in a conversation updated since (receive()
-    # sets updated_at), so only the chat's active conversations are read.
+def _recent_conversations(channel: object, chat: object, since: object) -> ScalarSelect[int]:
+    """The chat's conversations updated since ``since`` (values or bind parameters). Every
+    message stored in the last minute is in a conversation updated since (storing sets
+    updated_at), so only the chat's active conversations are read."""
     return select(Conversation.id).where(
-        Conversation.channel == inbound.channel, Conversation.chat == inbound.chat,
+        Conversation.channel == channel, Conversation.chat == chat,
         Conversation.updated_at >= since).scalar_subquery()
 
 
@@ -62,9 +63,7 @@ def _count_recent_inbound() -> Select[int]:
     """How many messages the chat stored since ``since``, counted up to ``limit``: built
     once, as every inbound message runs it (building costs as much as running)."""
     since = bindparam("since", type_=Message.created_at.type)
-    recent = select(Conversation.id).where(
-        Conversation.channel == bindparam("channel"), Conversation.chat == bindparam("chat"),
-        Conversation.updated_at >= since).scalar_subquery()
+    recent = _recent_conversations(bindparam("channel"), bindparam("chat"), since)
     inbound_rows = (select(Message.id).where(
         Message.conversation_id.in_(recent), Message.direction == "in",
         Message.created_at >= since).limit(bindparam("limit", type_=Integer)).subquery())
@@ -96,7 +95,8 @@ async def refuse(db: Database, inbound: InboundMessage, now: datetime) -> Receiv
 
     since = now - WINDOW
     async with db.sessions() as session:
-        latest = await _latest_processed(session, _recent_conversations(inbound, since))
+        latest = await _latest_processed(session, _recent_conversations(
+            inbound.channel, inbound.chat, since))
     if await _claim_notice(db, notice_key(inbound.channel, inbound.chat), now, since) \
             or latest is None:
         raise InvalidMessage("rate limited", "error.rate_limited")
