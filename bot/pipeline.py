@@ -449,10 +449,12 @@ class Pipeline:
             session, conversation, customer, message, now)
         conversation.updated_at = now
         await self.sla.after_customer_message(session, conversation, message, replies, now)
-        if message.id is None:  # stored in this transaction and nothing flushed it yet
-            await session.flush()
+        # One flush writes the conversation's changes, the message (if nothing flushed it
+        # yet) with its replies in one INSERT, and their outbox rows.
         outbox_ids = await self.queue_replies(session, conversation, replies, now,
-                                              in_reply_to=message.id)
+                                              answering=message)
+        if message.id is None:  # no replies to flush it with
+            await session.flush()
         return Processed(message.id, conversation.id, understanding, replies, outbox_ids)
 
     def _processed(self, processed: Processed, channel: str, received_at: datetime) -> None:
@@ -492,18 +494,23 @@ class Pipeline:
                             replies: list[Reply], now: datetime,
                             agent_id: int | None = None,
                             not_before: datetime | None = None,
-                            in_reply_to: int | None = None) -> list[int]:
-        """Store each reply as an outbound message plus an outbox row, in the caller's tx.
+                            answering: Message | None = None) -> list[int]:
+        """Store each reply as an outbound message plus an outbox row, in the caller's tx,
+        with one flush (which also writes whatever else the session holds).
         With ``agent_id`` the replies are an agent's words, relayed by the bot; with
         ``not_before`` customer-facing ones wait until then (quiet hours). Answers to a
-        message (``in_reply_to``) on a channel with passive replies wait out its window,
-        so the webhook can return them in its response first."""
-        passive = self.passive_reply_windows.get(conversation.channel) if in_reply_to else None
-        ids: list[int] = []
+        customer's message (``answering``, which may not be inserted yet) on a channel
+        with passive replies wait out its window, so the webhook can return them in its
+        response first."""
+        if not replies:
+            return []
+        passive = (self.passive_reply_windows.get(conversation.channel)
+                   if answering is not None else None)
         owner = None
         if conversation.owner_id is not None and any(r.to == "agents" for r in replies):
             owner = await session.scalar(select(Agent.ref).where(
                 Agent.id == conversation.owner_id))
+        items: list[OutboxItem] = []
         for reply in replies:
             message = Message(
                 conversation_id=conversation.id, direction="out",
@@ -512,23 +519,21 @@ class Pipeline:
                 text=reply.text, lang=reply.lang, intent=reply.intent, created_at=now,
                 processed_at=now,
             )
-            session.add(message)
-            await session.flush()
+            to_customer = reply.to == "customer"
             item = OutboxItem(
-                message_id=message.id, chat=conversation.chat,
-                channel=conversation.channel if reply.to == "customer" else AGENTS_CHANNEL,
+                message=message, chat=conversation.chat,
+                channel=conversation.channel if to_customer else AGENTS_CHANNEL,
                 payload={**reply_payload(reply), "customer_channel": conversation.channel,
                          "owner": owner, "conversation_id": conversation.id},
                 next_attempt_at=(max(now, not_before or now) + (passive or timedelta(0))
-                                 if reply.to == "customer" else now),
-                created_at=now, in_reply_to=in_reply_to if reply.to == "customer" else None,
+                                 if to_customer else now),
+                created_at=now, answers=answering if to_customer else None,
             )
-            session.add(item)
-            await session.flush()
-            ids.append(item.id)
-        if replies:
-            conversation.last_outbound_at = now
-        return ids
+            session.add(item)  # and its message, through the relationship
+            items.append(item)
+        conversation.last_outbound_at = now
+        await session.flush()
+        return [item.id for item in items]
 
     async def recover(self) -> int:
         """Process every stored inbound message that a crash left unprocessed."""

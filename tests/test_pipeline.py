@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session as OrmSession
 
 from bot.db.models import Contact, Conversation, Message, OutboxItem
 from bot.pipeline import InvalidMessage
@@ -168,7 +169,8 @@ async def test_a_greeting_is_stored_and_answered_in_seven_statements(service: Se
     """The hot path's statement budget (docs/architecture.md, "Few statements per message"):
     duplicate check and rate limit in one SELECT, the contact and the open conversation
     each touched and read back in one UPDATE, the message inserted once with what was
-    understood, the reply and its outbox row, the conversation's last answer. No held
+    understood, the reply and its outbox row, the conversation's last answer, all in one
+    flush. No held
     replies to look for on Telegram (it holds none) and no paused SLA clock on a
     conversation no agent has answered."""
     chat = "tg-statements"
@@ -180,13 +182,23 @@ async def test_a_greeting_is_stored_and_answered_in_seven_statements(service: Se
     def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         statements.append(" ".join(statement.split())[:40])
 
+    flushes: list[int] = []
+
+    def count_flush(session: Any, _context: Any) -> None:
+        flushes.append(len(session.new))
+
     engine = service.db.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
+    event.listen(OrmSession, "after_flush", count_flush)
     try:
         processed = await service.pipeline.handle(InboundMessage(
             channel="telegram", chat=chat, text="hello", external_id="s-1"))
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        event.remove(OrmSession, "after_flush", count_flush)
+    # The unit of work runs once (each flush costs far more CPU than its statements): the
+    # message, its reply and the reply's outbox row go in together.
+    assert flushes == [3], flushes
     assert processed.understanding is not None and processed.understanding.intent == "greeting"
     assert len(processed.outbox_ids) == 1
     work = [s for s in statements if not s.upper().startswith(("BEGIN", "COMMIT", "SELECT 1"))]
