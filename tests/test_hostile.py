@@ -1148,7 +1148,19 @@ async def test_telegram_wrong_types_and_deep_nesting_get_400(telegram: Site) -> 
                      "id": "", "from": user, "chat_instance": "", "data": [[[0]]],
                      "message": {"message_id": 0, "date": 0, "chat": chat}}},
                  {"update_id": 0, "message": {"message_id": 0, "date": 0, "chat": chat,
-                                              "from": user, "text": {"a": 1}}}]:
+                                              "from": user, "text": {"a": 1}}},
+                 # ids and names of the wrong type, which would be stored as their string
+                 *({"update_id": 0, "message": {
+                     "message_id": 0, "date": 0, "text": "hello",
+                     "chat": {**chat, **chat_fields}, "from": {**user, **user_fields}}}
+                   for chat_fields, user_fields in (
+                       ({"id": True}, {}), ({"id": [1]}, {}), ({"id": "12"}, {}),
+                       ({}, {"id": 1.5}), ({}, {"first_name": ["a"]}),
+                       ({}, {"language_code": 7}), ({}, {"username": {}}))),
+                 {"update_id": 0, "message": {"message_id": 0, "date": 0, "chat": chat,
+                                              "from": user, "caption": "x", "document": {
+                                                  "file_id": "f", "file_unique_id": "u",
+                                                  "file_name": ["a"]}}}]:
         before = await counts(telegram.service)
         assert (await post_telegram(telegram, json.dumps(body).encode())).status_code == 400
         assert await counts(telegram.service) == before

@@ -124,10 +124,31 @@ class TelegramChannel:
 
 # --- inbound ----------------------------------------------------------------------------------
 
+def _checked(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` if it has the type Telegram documents for it. ``Update.de_json`` does not
+    check field types, so a forged or broken update could carry, say, a chat id that is a
+    list or a bool; that is refused (400) rather than stored as its string."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{what} has the wrong type")
+    return value
+
+
+def _sender_fields(user: Any, chat: Any) -> dict[str, Any]:
+    """The chat and sender fields of an InboundMessage, each checked for its type."""
+    _checked(chat.id, int, "chat id")
+    _checked(user.id, int, "user id")
+    for name in ("first_name", "last_name", "username", "language_code"):
+        if getattr(user, name) is not None:
+            _checked(getattr(user, name), str, f"user {name}")
+    return {"chat": str(chat.id), "user": str(user.id), "user_name": user.full_name,
+            "language_hint": user.language_code}
+
+
 def parse_update(data: dict[str, Any], bot: Bot | None = None) -> tuple[InboundMessage | None,
                                                                          str | None]:
     """The customer message in an update (or None for updates that carry none), and the
-    callback query id to answer, if any."""
+    callback query id to answer, if any. A field the message is made of with the wrong
+    type raises ValueError."""
     update = Update.de_json(data, bot)
     external_id = f"update:{update.update_id}"
     query = update.callback_query
@@ -137,23 +158,23 @@ def parse_update(data: dict[str, Any], bot: Bot | None = None) -> tuple[InboundM
             return None, query.id
         if not isinstance(query.data, str):  # Update.de_json does not check field types
             raise ValueError("callback data is not text")
-        user = query.from_user
-        return InboundMessage(
-            channel=NAME, chat=str(message.chat.id), text=query.data, external_id=external_id,
-            user=str(user.id), user_name=user.full_name, language_hint=user.language_code,
-        ), query.id
+        return InboundMessage(channel=NAME, text=query.data, external_id=external_id,
+                              **_sender_fields(query.from_user, message.chat)), query.id
     message = update.message or update.edited_message
     if message is None or message.from_user is None or message.from_user.is_bot:
         return None, None
     attachments: list[dict[str, str]] = []
     if message.photo:
         largest = message.photo[-1]
+        # (python-telegram-bot turns a file's ids into strings itself)
         attachments.append({"type": "photo", "file_id": largest.file_id,
                             "name": f"photo-{largest.file_unique_id}.jpg"})
     if message.document is not None:
-        attachments.append({"type": "document", "file_id": message.document.file_id,
-                            "name": message.document.file_name or "document",
-                            "mime": message.document.mime_type or ""})
+        document = message.document
+        attachments.append({"type": "document", "file_id": document.file_id,
+                            "name": _checked(document.file_name or "document", str,
+                                             "document name"),
+                            "mime": _checked(document.mime_type or "", str, "document type")})
     text = message.text or message.caption or ""
     if not isinstance(text, str):  # Update.de_json does not check field types
         raise ValueError("message text is not text")
@@ -162,9 +183,6 @@ def parse_update(data: dict[str, Any], bot: Bot | None = None) -> tuple[InboundM
         text = " ".join("📎 " + a["name"] for a in attachments)
     if not text.strip():
         return None, None  # stickers, locations, voice...: nothing the bot can read yet
-    user = message.from_user
-    return InboundMessage(
-        channel=NAME, chat=str(message.chat.id), text=text, external_id=external_id,
-        user=str(user.id), user_name=user.full_name, language_hint=user.language_code,
-        attachments=tuple(attachments),
-    ), None
+    return InboundMessage(channel=NAME, text=text, external_id=external_id,
+                          attachments=tuple(attachments),
+                          **_sender_fields(message.from_user, message.chat)), None
