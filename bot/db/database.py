@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -23,6 +24,16 @@ class DatabaseUnavailable(Exception):
 
 def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _discard_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """At checkout, a pooled connection the server has closed (a restart, an idle
+    timeout: asyncpg notices the socket closing as it happens) is replaced before anyone
+    uses it. The pool treats ``DisconnectionError`` as "connect again" (up to three tries).
+    This looks at the driver's state, no round trip, unlike ``pool_pre_ping``."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("connection closed by the server")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -45,11 +56,11 @@ class Database:
         if self.is_postgres:
             # No pre-ping: on asyncpg it is three round trips (BEGIN, a ping, ROLLBACK) before
             # every transaction, half a millisecond of CPU per message. A connection the
-            # server dropped (a restart) fails its transaction instead; SQLAlchemy then
-            # discards every pooled connection older than the failure, so one request per
-            # process gets 503 (the platform delivers it again) and the next ones reconnect.
+            # server closed is replaced at checkout instead (_discard_if_closed).
             options.update(pool_size=10, max_overflow=10)
         self.engine: AsyncEngine = create_async_engine(url, **options)
+        if self.is_postgres:
+            event.listen(self.engine.sync_engine, "checkout", _discard_if_closed)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
