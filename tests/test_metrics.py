@@ -185,8 +185,8 @@ async def test_a_slow_platform_holds_one_batch_in_memory_and_the_backlog_drains(
     claim_due = outbox._claim_due
 
     async def spy(channel: str, limit: int, look_first: bool = False,
-                  busy: Any = ()) -> list[Any]:
-        claimed = await claim_due(channel, limit, look_first, busy)
+                  busy: Any = (), connection: Any = None) -> list[Any]:
+        claimed = await claim_due(channel, limit, look_first, busy, connection)
         if channel == "telegram":
             batches.append(len(claimed))
         return claimed

@@ -320,6 +320,41 @@ async def test_concurrent_claims_never_return_a_row_twice(service: Service,
     assert max(map(len, results)) <= 7
 
 
+async def test_a_claim_that_fails_does_not_take_the_outcomes_written_with_it(
+        service: Service, clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A turn writes the outcomes and claims in one transaction. When the claim fails (a
+    statement timeout, say) the outcomes are written on their own: nothing goes out twice
+    and the loop carries on with the next replies."""
+    platform = Platform()
+    platform.gate.clear()
+    dispatcher = OutboxDispatcher(service.db, clock, {"telegram": platform}, SETTINGS)
+    await queue(service, chats=2, per_chat=2)
+    marked: list[str] = []
+    failed_claims: list[str] = []
+
+    def fail_claim(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE outbox SET status"):
+            marked.append(statement)  # an outcome: the claim after it in this turn fails
+        elif marked and not failed_claims and statement.lstrip().startswith("WITH") \
+                and "due_heads" in statement:
+            failed_claims.append(statement)
+            raise ConnectionResetError("canceling statement due to statement timeout")
+
+    event.listen(service.db.engine.sync_engine, "before_cursor_execute", fail_claim)
+    caplog.set_level(logging.ERROR, logger="bot.outbox")
+    try:
+        async with serving(dispatcher):
+            await until("both first replies under way", lambda: platform.in_flight == 2)
+            platform.gate.set()
+            await until("all four sent and recorded", lambda: all_sent(service))
+    finally:
+        event.remove(service.db.engine.sync_engine, "before_cursor_execute", fail_claim)
+    assert failed_claims, "the claim after the first outcomes never ran"
+    assert "deliveries alone" in caplog.text
+    assert [r.attempts for r in await rows(service)] == [1, 1, 1, 1]  # none sent twice
+    assert sorted(d.chat for d in platform.sent) == ["c0", "c0", "c1", "c1"]
+
+
 async def test_an_outcome_that_cannot_be_written_is_retried_after_the_lease(
         service: Service, clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
     """The database refuses the outcome write once: nothing is lost. The rows stay claimed
