@@ -30,11 +30,12 @@ by a send finishing, a reply being queued, or the poll for retries), one transac
 So a busy loop costs about two statements and one transaction per turn whatever the
 number of replies in the turn, instead of three statements and two transactions per reply
 (one transaction rather than two per turn: PostgreSQL 63–78 → 80–100 messages a second
-end to end in the load benchmark, four runs each, alternated). Claiming after the writes sees them, so a chat whose reply
-was just recorded can have its next one claimed in the same turn. If the transaction fails,
-nothing was claimed and the outcomes are written again on their own (the claim may be
-what failed); if that fails too (the database is away), they are logged and dropped:
-their rows stay claimed and are sent again when the lease ends (at-least-once).
+end to end in the load benchmark, four runs each, alternated). Claiming after the writes
+sees them, so a chat whose reply was just recorded can have its next one claimed in the
+same turn. If the transaction fails, nothing was claimed and the outcomes are written
+again on their own (the claim may be what failed); if that fails too (the database is
+away), they are logged and dropped: their rows stay claimed and are sent again when the
+lease ends (at-least-once).
 ``dispatch_due`` (replay, console, the web chat's request) stays one row at a time in id
 order: a select of the due heads, then a claim and an outcome per row.
 
@@ -297,11 +298,10 @@ class OutboxDispatcher:
                     return []
         parameters = {"now": now, "lease_end": self._lease_end(now), "claim_channel": channel,
                       "limit": limit, "busy": list(busy)}
-        if connection is not None:
+        async with contextlib.AsyncExitStack() as stack:
+            if connection is None:
+                connection = await stack.enter_async_context(self.db.engine.begin())
             rows = (await connection.execute(CLAIM_DUE, parameters)).all()
-        else:
-            async with self.db.engine.begin() as own:
-                rows = (await own.execute(CLAIM_DUE, parameters)).all()
         items = [OutboxItem(**row._mapping) for row in rows]
         items.sort(key=lambda item: item.id)  # RETURNING has no order
         return items
@@ -380,13 +380,11 @@ class OutboxDispatcher:
                  **outcome.values})
         if not groups:
             return
-        if connection is None:
-            async with self.db.engine.begin() as own:
-                for params in groups.values():
-                    await own.execute(MARK, params)
-            return
-        for params in groups.values():
-            await connection.execute(MARK, params)
+        async with contextlib.AsyncExitStack() as stack:
+            if connection is None:
+                connection = await stack.enter_async_context(self.db.engine.begin())
+            for params in groups.values():
+                await connection.execute(MARK, params)
 
     async def _report(self, outcome: _Outcome) -> None:
         """After the outcome is written: the metrics, and the agents told of a reply that
