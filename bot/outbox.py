@@ -398,19 +398,10 @@ class OutboxDispatcher:
                 log.exception("outbox %d: could not report the failed delivery", item.id)
 
     async def _record(self, channel: str, outcomes: list[_Outcome]) -> None:
-        """``serve``: write the outcomes gathered since the last turn (the list is emptied),
-        then report them. If they cannot be written, nothing is lost: the rows stay claimed
-        and are sent again when their lease ends (at-least-once)."""
-        if not outcomes:
-            return
-        batch = outcomes.copy()
-        outcomes.clear()
-        try:
-            await self._write_outcomes(batch)
-        except Exception as exc:  # noqa: BLE001 - logged with its traceback by _outcomes_lost
-            self._outcomes_lost(channel, batch, exc)
-            return
-        for outcome in batch:
+        """``serve``, stopping: write the outcomes gathered since the last turn (the list
+        is emptied), then report them; a turn that claims nothing."""
+        _, written = await self._turn(channel, outcomes, free=0, busy=[], look_first=False)
+        for outcome in written:
             await self._report(outcome)
 
     async def _turn(self, channel: str, outcomes: list[_Outcome], free: int,
