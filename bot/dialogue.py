@@ -71,8 +71,10 @@ class Dialogue:
         if replies is None:
             handler = self.handlers.get(understanding.intent) or self.handlers["fallback"]
             replies = await handler.handle(ctx)
-            conversation.last_intent = understanding.intent
-            if understanding.intent != "unknown":
+            # Assigned only when they change: an unchanged conversation needs no flush.
+            if conversation.last_intent != understanding.intent:
+                conversation.last_intent = understanding.intent
+            if understanding.intent != "unknown" and conversation.misses:
                 conversation.misses = 0
         # Outside working hours self-service goes on; the notice and any page follow.
         return understanding, replies + await after_hours_replies(ctx, self.calendar)
@@ -151,7 +153,7 @@ class Dialogue:
         if understanding.text.lstrip().startswith("/"):
             guess = None  # "/human" is a command word, not a sign the customer writes English
         if not conversation.language_locked:
-            if guess and understanding.lang_strong:
+            if guess and understanding.lang_strong and conversation.language != guess:
                 conversation.language = guess
             elif conversation.language not in supported:
                 conversation.language = (self.prior_language(conversation, customer) or guess

@@ -222,10 +222,6 @@ class OutboxItem(Base):
     external_id: Mapped[str | None] = mapped_column(String(128))
 
     message: Mapped[Message | None] = relationship(foreign_keys=[message_id])
-    # Lets a reply be queued in the same flush as the message it answers (no constraint:
-    # the column predates it and a join is never needed).
-    answers: Mapped[Message | None] = relationship(
-        primaryjoin="foreign(OutboxItem.in_reply_to) == Message.id")
 
 
 class Order(Base):
