@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import String, Update, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -197,7 +197,7 @@ MARK_OUTBOUND = (update(Conversation).where(Conversation.id == bindparam("conver
 
 
 def _persistent(session: AsyncSession, instance: ModelT,
-                values: Mapping[str, object]) -> ModelT:
+                values: Mapping[Any, object]) -> ModelT:
     """``instance`` as the session's object for a row read or written with Core, its
     columns loaded with ``values`` (all of them, the primary key included): later code
     reads and changes it as if the ORM had loaded it, for a fraction of the CPU (the row
@@ -551,7 +551,7 @@ class Pipeline:
         if conversation.owner_id is not None and any(r.to == "agents" for r in replies):
             owner = await session.scalar(select(Agent.ref).where(
                 Agent.id == conversation.owner_id))
-        rows = [{
+        rows: list[dict[str, object]] = [{
             "conversation_id": conversation.id, "direction": "out",
             "sender": "agent" if agent_id else "bot", "agent_id": agent_id,
             "channel": conversation.channel, "external_id": None, "audience": reply.to,
@@ -575,7 +575,7 @@ class Pipeline:
                                                      "now": now})
             set_committed_value(conversation, "last_outbound_at", now)
         in_reply_to = answering.id if answering is not None else None
-        items = []
+        items: list[dict[str, object]] = []
         for reply, message_id in zip(replies, message_ids, strict=True):
             to_customer = reply.to == "customer"
             items.append({
