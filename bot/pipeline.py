@@ -21,7 +21,7 @@ from sqlalchemy import String, Update, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, make_transient_to_detached, selectinload
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 
 from bot import metrics, rate_limit
 from bot.clock import Clock
@@ -181,16 +181,28 @@ RELEASE_HELD = (update(OutboxItem)
                         next_attempt_at=bindparam("now", type_=OutboxItem.next_attempt_at.type))
                 .execution_options(synchronize_session=False))
 
-# Replies and their outbox rows, several rows per statement, ids in the rows' order.
-INSERT_MESSAGES = insert(Message).returning(Message.id, sort_by_parameter_order=True)
-INSERT_OUTBOX_ITEMS = insert(OutboxItem).returning(OutboxItem.id, sort_by_parameter_order=True)
-
 # Messages and outbox rows written with Core (``queue_replies``): several rows per
 # statement, ids in the rows' order.
-MESSAGE_COLUMNS = tuple(column.key for column in Message.__table__.columns
+MESSAGE_COLUMNS = tuple(column for column in Message.__table__.columns
                         if column.key != "id")
+
+
+def _column_values(message: Message) -> dict[str, object]:
+    """Every column of a pending message, for a Core INSERT: what the message holds, and a
+    NOT NULL column's default where it holds nothing (as the ORM's INSERT would)."""
+    values: dict[str, object] = {}
+    for column in MESSAGE_COLUMNS:
+        value = getattr(message, column.key)
+        if value is None and not column.nullable and column.default is not None:
+            default = column.default
+            value = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
+        values[column.key] = value
+    return values
 INSERT_MESSAGES = insert(Message).returning(Message.id, sort_by_parameter_order=True)
 INSERT_OUTBOX_ITEMS = insert(OutboxItem).returning(OutboxItem.id, sort_by_parameter_order=True)
+# A chat's first message: its contact and conversation, read back with their defaults.
+INSERT_CONTACT = insert(Contact).returning(*Contact.__table__.columns)
+INSERT_CONVERSATION = insert(Conversation).returning(*Conversation.__table__.columns)
 MARK_OUTBOUND = (update(Conversation).where(Conversation.id == bindparam("conversation"))
                  .values(last_outbound_at=bindparam("now",
                                                     type_=Conversation.last_outbound_at.type)))
@@ -301,20 +313,22 @@ class Pipeline:
                 # transaction (bot/rate_limit.py).
                 if not rate_limit.over_limit(self.settings.limits, recent):
                     return await self._store(session, inbound, text, now, process)
-        except IntegrityError:
+        except IntegrityError as exc:
             # Another process stored the same delivery (or created the same contact) first.
             async with self.db.sessions() as session:
                 existing = await self._find_duplicate(session, inbound)
-            if existing is None:
-                raise
-            return existing, None
+            if existing is not None:
+                return existing, None
+            if process:  # not a duplicate: the message is stored alone (``handle``), as
+                raise _ProcessingFailed(exc) from exc  # with any failure in processing
+            raise
         return await rate_limit.refuse(self.db, inbound, now), None
 
     async def _store(self, session: AsyncSession, inbound: InboundMessage, text: str,
                      now: datetime, process: bool) -> tuple[Received, Processed | None]:
-        contact = await self._contact(session, inbound, now)
-        conversation = await self._touched_conversation(session, contact, now, text,
-                                                        lock=process)
+        contact, created = await self._contact(session, inbound, now)
+        conversation = await self._touched_conversation(session, contact, created, now,
+                                                        text, lock=process)
         if self.holding_channels is None or inbound.channel in self.holding_channels:
             await session.execute(RELEASE_HELD, {"of_channel": inbound.channel,
                                                  "of_chat": inbound.chat, "now": now})
@@ -322,15 +336,14 @@ class Pipeline:
             conversation_id=conversation.id, direction="in", sender="customer",
             channel=inbound.channel, external_id=inbound.external_id, text=text,
             attachments=list(inbound.attachments), created_at=now,
-            processed_at=now if process else None, agent_id=None, audience="customer",
-            kind=None, lang=None, intent=None, confidence=None, entities={}, urgent=False,
-        )  # every column set: queue_replies may write it with Core
+            processed_at=now if process else None,
+        )
         session.add(message)
         if not process:
             await session.flush()
             return Received(message.id, conversation.id, duplicate=False), None
-        # Processing inserts the message with its first statement (autoflush), by then
-        # with what was understood: one INSERT instead of an INSERT and an UPDATE.
+        # The message is inserted once, with what was understood: by queue_replies with its
+        # replies, or by a handler's query (autoflush), or at the end.
         stored_in = conversation.id
         try:
             if conversation.status == "resolved":  # a survey's answer: not read locked
@@ -343,8 +356,10 @@ class Pipeline:
             processed = await self._process_claimed(session, message, conversation, now)
             await session.flush()  # the message is inserted by now unless nothing was queried
         except IntegrityError as exc:
-            if message.id is None:  # the message's own INSERT: another process stored the
-                raise               # same delivery meanwhile (_receive answers the duplicate)
+            if message.id is None:  # the message's own INSERT (with its replies' in
+                raise               # queue_replies): another process stored the same delivery
+                                    # meanwhile (_receive answers the duplicate), or a reply's
+                                    # row failed (_receive then has the message stored alone)
             raise _ProcessingFailed(exc) from exc
         except Exception as exc:
             raise _ProcessingFailed(exc) from exc
@@ -356,38 +371,42 @@ class Pipeline:
         return Received(row.id, row.conversation_id, duplicate=True) if row else None
 
     async def _contact(self, session: AsyncSession, inbound: InboundMessage,
-                       now: datetime) -> Contact:
+                       now: datetime) -> tuple[Contact, bool]:
         """The chat's contact, marked seen and locked (``TOUCH_CONTACT``: as the previous
         message's processing left it, not as it was before that committed); created on the
-        chat's first message."""
+        chat's first message (then the second value is True)."""
         connection = await session.connection()
         row = (await connection.execute(TOUCH_CONTACT, {
             "of_channel": inbound.channel, "of_chat": inbound.chat, "now": now,
             "user_name": inbound.user_name or None, "hint": inbound.language_hint or None,
         })).mappings().first()
-        if row is not None:
-            contact = _persistent(session, Contact(), row)
-        else:
-            contact = Contact(channel=inbound.channel, chat=inbound.chat, created_at=now,
-                              last_seen_at=now, display_name=inbound.user_name or None,
-                              language_hint=inbound.language_hint or None)
-            session.add(contact)
-            await session.flush()
-        return contact
+        created = row is None
+        if row is None:
+            row = (await connection.execute(INSERT_CONTACT, {
+                "channel": inbound.channel, "chat": inbound.chat, "created_at": now,
+                "last_seen_at": now, "display_name": inbound.user_name or None,
+                "language_hint": inbound.language_hint or None})).mappings().one()
+        return _persistent(session, Contact(), row), created
 
     async def _touched_conversation(self, session: AsyncSession, contact: Contact,
-                                    now: datetime, text: str, *, lock: bool) -> Conversation:
+                                    created: bool, now: datetime, text: str, *,
+                                    lock: bool) -> Conversation:
         """The conversation a new message of the contact joins, marked as written to now:
         the open one (one statement in the usual case), else a survey awaiting this
-        answer, else a new one."""
+        answer, else a new one. A contact ``created`` in this transaction has none yet."""
+        if created:
+            return await self._insert_conversation(session, contact, now, language=None,
+                                                   inbound_at=now)
         connection = await session.connection()
         row = (await connection.execute(
             TOUCH_OPEN_CONVERSATION, {"of_contact": contact.id, "now": now})).mappings().first()
         if row is not None:
-            conversation = _persistent(session, Conversation(), row)
-        else:
-            conversation = await self._open_conversation(session, contact, now, text, lock=lock)
+            return _persistent(session, Conversation(), row)
+        conversation = await self._open_conversation(session, contact, now, text, lock=lock,
+                                                     inbound_at=now)
+        if conversation.last_inbound_at != now:  # one it found rather than created
             conversation.last_inbound_at = now
+        if conversation.updated_at != now:
             conversation.updated_at = now
         return conversation
 
@@ -404,11 +423,11 @@ class Pipeline:
         return None
 
     async def _open_conversation(self, session: AsyncSession, contact: Contact,
-                                 now: datetime, text: str = "", *,
-                                 lock: bool = False) -> Conversation:
-        """The contact's open conversation, else a new one. With ``lock`` an open one is
-        read locked, as ``_locked_conversation`` would (one worker at a time per
-        conversation)."""
+                                 now: datetime, text: str = "", *, lock: bool = False,
+                                 inbound_at: datetime | None = None) -> Conversation:
+        """The contact's open conversation, else a new one (written to by the customer at
+        ``inbound_at``). With ``lock`` an open one is read locked, as
+        ``_locked_conversation`` would (one worker at a time per conversation)."""
         query = OPEN_CONVERSATION_LOCKED if lock and self.db.is_postgres else OPEN_CONVERSATION
         conversation = (await session.execute(
             query, {"contact_id": contact.id})).scalar_one_or_none()
@@ -421,14 +440,20 @@ class Pipeline:
                 select(Conversation.language).where(Conversation.contact_id == contact.id)
                 .order_by(Conversation.id.desc()).limit(1)
             )).scalar_one_or_none()
-            conversation = Conversation(
-                contact_id=contact.id, customer_id=contact.customer_id, channel=contact.channel,
-                chat=contact.chat, status="open", language=previous_language, created_at=now,
-                updated_at=now, flow_state={},
-            )
-            session.add(conversation)
-            await session.flush()
+            conversation = await self._insert_conversation(
+                session, contact, now, language=previous_language, inbound_at=inbound_at)
         return conversation
+
+    async def _insert_conversation(self, session: AsyncSession, contact: Contact,
+                                   now: datetime, language: str | None,
+                                   inbound_at: datetime | None) -> Conversation:
+        """A new open conversation of the contact (Core, read back with its defaults)."""
+        row = (await (await session.connection()).execute(INSERT_CONVERSATION, {
+            "contact_id": contact.id, "customer_id": contact.customer_id,
+            "channel": contact.channel, "chat": contact.chat, "status": "open",
+            "language": language, "created_at": now, "updated_at": now,
+            "last_inbound_at": inbound_at})).mappings().one()
+        return _persistent(session, Conversation(), row)
 
     async def process(self, message_id: int) -> Processed:
         now = self.clock.now()
@@ -484,8 +509,8 @@ class Pipeline:
         if conversation.updated_at != now:  # storing it set it already: nothing to flush
             conversation.updated_at = now
         await self.sla.after_customer_message(session, conversation, message, replies, now)
-        # One flush writes the conversation's changes, the message (if nothing flushed it
-        # yet) with its replies in one INSERT, and their outbox rows.
+        # The message (if nothing flushed it yet) with its replies in one INSERT, then
+        # their outbox rows; the conversation's changes flushed in between, if any.
         outbox_ids = await self.queue_replies(session, conversation, replies, now,
                                               answering=message)
         if message.id is None:  # no replies to flush it with
@@ -562,13 +587,16 @@ class Pipeline:
         pending = answering if answering is not None and answering.id is None else None
         if pending is not None:
             session.expunge(pending)  # written here instead of by the next flush
-            rows.insert(0, {key: getattr(pending, key) for key in MESSAGE_COLUMNS})
+            rows.insert(0, _column_values(pending))
         connection = await session.connection()
         message_ids = list((await connection.execute(INSERT_MESSAGES, rows)).scalars())
         if pending is not None:
             _persistent(session, pending, {**rows[0], "id": message_ids.pop(0)})
         if session.new or session.dirty:
             conversation.last_outbound_at = now
+            # Written even when the object already holds ``now`` (set by a Core UPDATE in a
+            # savepoint since rolled back, which does not expire it).
+            flag_modified(conversation, "last_outbound_at")
             await session.flush()
         else:
             await connection.execute(MARK_OUTBOUND, {"conversation": conversation.id,

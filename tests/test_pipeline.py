@@ -5,12 +5,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
 from bot.db.models import Contact, Conversation, Message, OutboxItem
 from bot.pipeline import InvalidMessage
 from bot.service import Service
-from bot.types import InboundMessage
+from bot.types import InboundMessage, Reply
 
 GREETINGS = {
     "en": "hello", "zh": "你好", "ru": "Здравствуйте", "es": "Hola, buenos días",
@@ -213,6 +214,97 @@ async def test_a_greeting_is_stored_and_answered_in_six_statements_without_a_flu
             Message.external_id == "s-1"))).scalar_one()
     assert (stored.intent, stored.lang, stored.processed_at) == ("greeting", "en",
                                                                  stored.created_at)
+    # written with Core: the columns the message left empty got their defaults
+    assert (stored.audience, stored.attachments, stored.urgent) == ("customer", [], False)
+
+
+async def test_a_chats_first_message_creates_contact_and_conversation_without_looking(
+        service: Service) -> None:
+    """A contact created in the transaction has no conversation yet: no statement looks
+    for an open one, a survey awaiting an answer or a previous language; the contact and
+    the conversation are inserted and read back with their defaults."""
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    engine = service.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        processed = await service.pipeline.handle(InboundMessage(
+            channel="telegram", chat="tg-first", text="hello", external_id="f-0",
+            user_name="Ana"))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert processed.understanding is not None and len(processed.outbox_ids) == 1
+    # Every such look-up is by contact (the admission's rate-limit count is by chat).
+    assert not any("contact_id = " in s for s in statements), statements
+    assert sum(s.startswith("INSERT INTO contacts") for s in statements) == 1
+    assert sum(s.startswith("INSERT INTO conversations") for s in statements) == 1
+    now = service.clock.now()
+    async with service.db.sessions() as session:
+        contact = (await session.execute(select(Contact))).scalar_one()
+        conversation = (await session.execute(select(Conversation))).scalar_one()
+    assert (contact.chat, contact.display_name, contact.verify_failures) == (
+        "tg-first", "Ana", 0)
+    assert (conversation.contact_id, conversation.status, conversation.language,
+            conversation.last_intent, conversation.misses, conversation.flow_state) == (
+        contact.id, "open", "en", "greeting", 0, {})
+    assert conversation.last_inbound_at == conversation.updated_at == now
+    assert conversation.last_outbound_at == now
+
+
+async def test_a_reply_that_cannot_be_stored_leaves_the_message_stored_unprocessed(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The customer's message and its replies go in one INSERT: a reply row the database
+    refuses (a handler bug) fails the message's own INSERT with it. That is a failure in
+    processing, not a duplicate delivery: the message is stored alone, unprocessed, and
+    the error raised (a redelivery or ``recover`` processes it later)."""
+    original = service.pipeline.dialogue.respond
+
+    async def textless_reply(*args: Any) -> Any:
+        understanding, _ = await original(*args)
+        return understanding, [Reply(None)]  # type: ignore[arg-type]  # text is NOT NULL
+
+    await service.pipeline.handle(InboundMessage(channel="telegram", chat="tg-ie", text="hi",
+                                                 external_id="ie-0"))
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", textless_reply)
+    with pytest.raises(IntegrityError):
+        await service.pipeline.handle(InboundMessage(channel="telegram", chat="tg-ie",
+                                                     text="hello again", external_id="ie-1"))
+    async with service.db.sessions() as session:
+        stored = (await session.execute(select(Message.text, Message.processed_at).where(
+            Message.external_id == "ie-1"))).all()
+    assert [(text, processed) for text, processed in stored] == [("hello again", None)]
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", original)
+    assert await service.pipeline.recover() == 1
+
+
+async def test_last_outbound_at_is_written_after_a_savepoint_with_replies_rolled_back(
+        service: Service) -> None:
+    """A scheduled job queues each alert in a savepoint (bot/jobs.py). When nothing else
+    is to be flushed, queue_replies writes ``last_outbound_at`` with a Core UPDATE the ORM
+    does not know of, so a rolled-back savepoint leaves the object holding the new value;
+    the next queue_replies of the transaction must still write it."""
+    await service.pipeline.handle(InboundMessage(channel="telegram", chat="tg-sp", text="hi",
+                                                 external_id="sp-0"))
+    service.clock.advance(timedelta(hours=1))  # type: ignore[attr-defined]
+    now = service.clock.now()
+    async with service.db.sessions.begin() as session:
+        conversation = (await session.execute(select(Conversation))).scalar_one()
+        with pytest.raises(KeyError):
+            async with session.begin_nested():
+                await service.pipeline.queue_replies(session, conversation, [Reply("a")], now)
+                raise KeyError("the next alert's template is missing")
+        async with session.begin_nested():
+            conversation.priority = "high"  # something to flush: the flush writes it
+            await service.pipeline.queue_replies(session, conversation, [Reply("b")], now)
+    async with service.db.sessions() as session:
+        stored = await session.scalar(select(Conversation.last_outbound_at))
+        texts = (await session.execute(select(Message.text).where(
+            Message.direction == "out", Message.created_at == now))).scalars().all()
+    assert texts == ["b"]
+    assert stored == now
 
 
 async def test_a_held_reply_is_released_when_the_customer_writes_on_a_holding_channel(
