@@ -21,7 +21,7 @@ from sqlalchemy import String, Update, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, make_transient_to_detached, selectinload
-from sqlalchemy.orm.attributes import flag_modified, set_committed_value
+from sqlalchemy.orm.attributes import flag_modified, instance_dict, set_committed_value
 
 from bot import metrics, rate_limit
 from bot.clock import Clock
@@ -214,8 +214,10 @@ def _persistent(session: AsyncSession, instance: ModelT,
     columns loaded with ``values`` (all of them, the primary key included): later code
     reads and changes it as if the ORM had loaded it, for a fraction of the CPU (the row
     statements of the hot path). The session must not hold another object for the row."""
-    for key, value in values.items():
-        set_committed_value(instance, key, value)
+    # Written into the instance's dictionary, which make_transient_to_detached then marks
+    # committed (as loaded): 11 µs for a conversation where set_committed_value per column
+    # took 46.
+    instance_dict(instance).update(values)
     make_transient_to_detached(instance)
     session.add(instance)
     return instance
@@ -303,7 +305,8 @@ class Pipeline:
         now = self.clock.now()
         try:
             async with self.db.sessions.begin() as session:
-                duplicate_id, duplicate_in, recent = (await session.execute(ADMISSION, {
+                connection = await session.connection()  # Core: no ORM execution to set up
+                duplicate_id, duplicate_in, recent = (await connection.execute(ADMISSION, {
                     "external_id": inbound.external_id,
                     **rate_limit.count_parameters(self.settings.limits, inbound, now),
                 })).one()
