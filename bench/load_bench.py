@@ -21,7 +21,9 @@ per message of each serve process, and the CPU per message spent elsewhere on th
 (PostgreSQL, the load generator, the stand-in); after the runs, the bare database cost on
 the same database (one INSERT + COMMIT per message in a tight loop through the app's
 engine) and the ratio end-to-end time per message and process / bare; at the end, unless
-``--breakdown 0``, the same pipeline in this process without HTTP, per stage.
+``--breakdown 0``, the same pipeline in this process without HTTP, per stage, then two
+parts apart: the webhook's HTTP handling with the pipeline stubbed out, and the outbox's
+``serve`` loop delivering to a channel that answers in 1 ms (4 and 16 sends in flight).
 ``--profile`` samples the first process with py-spy during the saturated run and says
 where its time goes; ``--check`` exits 1 when a message went without reply or got two.
 ``--outbox-concurrency N`` sets the processes' ``[outbox] concurrency`` (sends in flight;
@@ -55,6 +57,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -742,6 +745,101 @@ async def breakdown(backend: str, url: str, messages: int) -> None:
               f"{1000 * stage_cpu / messages:6.1f} ms CPU")
 
 
+async def parts(backend: str, url: str, messages: int) -> None:
+    """Two parts of a message's cost measured apart, in this process: the webhook's HTTP
+    handling (the FastAPI app called as ASGI, python-telegram-bot parsing the update) with
+    the pipeline stubbed out, and the outbox's ``serve`` loop delivering ``messages``
+    queued replies to a channel that answers in 1 ms, with 4 and with 16 sends in flight."""
+    from bot.config import load_settings
+    from bot.pipeline import Processed
+    from bot.service import Service
+    from bot.types import InboundMessage
+    from bot.web.app import create_app
+
+    settings = load_settings(None, database={"url": url}, after_hours={"enabled": False},
+                             scheduler={"enabled": False},
+                             telegram={"token": TOKEN, "webhook_secret": SECRET})
+    service = await Service.start(settings, migrate=True)
+    try:
+        app = create_app(service, background=False)
+
+        async def stubbed(inbound: InboundMessage) -> Processed:
+            return Processed(0, 0, None)
+
+        service.pipeline.handle = stubbed  # type: ignore[method-assign]
+        bodies = [json.dumps(update(n, 7_000_000 + n % 500)).encode() for n in range(messages)]
+        statuses: Counter[int] = Counter()
+
+        async def call(body: bytes) -> None:
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "POST", "scheme": "http", "path": "/webhooks/telegram",
+                     "raw_path": b"/webhooks/telegram", "query_string": b"", "root_path": "",
+                     "headers": [(b"content-type", b"application/json"),
+                                 (b"content-length", str(len(body)).encode()),
+                                 (b"x-telegram-bot-api-secret-token", SECRET.encode())],
+                     "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080)}
+            messages_in = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                if messages_in:
+                    return messages_in.pop()
+                await asyncio.Event().wait()  # the client never disconnects
+                return {}
+
+            async def send(message: MutableMapping[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    statuses[message["status"]] += 1
+
+            await app(scope, receive, send)
+
+        for body in bodies[:50]:  # warm-up
+            await call(body)
+        statuses.clear()
+        cpu = time.process_time()
+        for body in bodies:
+            await call(body)
+        cpu = time.process_time() - cpu
+        print(f"  webhook HTTP handling, pipeline stubbed out: {1000 * cpu / messages:.2f} ms "
+              f"CPU per request (answers {dict(statuses)})")
+    finally:
+        await service.close()
+
+    class OneMillisecond:
+        name = "telegram"
+        sent = 0
+
+        async def send(self, delivery: Any) -> str | None:
+            await asyncio.sleep(0.001)
+            OneMillisecond.sent += 1
+            return "ok"
+
+    for concurrency in (4, 16):
+        settings = load_settings(None, database={"url": url}, after_hours={"enabled": False},
+                                 scheduler={"enabled": False},
+                                 outbox={"concurrency": concurrency})
+        channel = OneMillisecond()
+        service = await Service.start(settings, channels={"telegram": channel})
+        try:
+            for n in range(messages):
+                await service.pipeline.handle(InboundMessage(
+                    channel="telegram", chat=f"outbox-{concurrency}-{n}", text="hello",
+                    external_id=f"outbox-{concurrency}-{n}"))
+            OneMillisecond.sent = 0
+            stop = asyncio.Event()
+            wall, cpu = time.perf_counter(), time.process_time()
+            loop = asyncio.create_task(service.outbox.run(stop))
+            while OneMillisecond.sent < messages and not loop.done():
+                await asyncio.sleep(0.01)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            stop.set()
+            await loop
+        finally:
+            await service.close()
+        print(f"  outbox serve loop, {concurrency} sends in flight, channel answering in "
+              f"1 ms: {messages / wall:.0f} replies/s, {1000 * cpu / messages:.2f} ms CPU "
+              f"per reply ({backend})")
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="sqlite:1,postgresql:1,postgresql:3",
@@ -815,6 +913,7 @@ async def main() -> int:
                 else:
                     pg_name, url = await create_pg_database(args.pg_admin)
                 await breakdown(backend, url, args.breakdown)
+                await parts(backend, url, args.breakdown)
             finally:
                 if pg_name is not None:
                     await drop_pg_database(args.pg_admin, pg_name)
