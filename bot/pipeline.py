@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import String, Update, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, make_transient_to_detached, selectinload
@@ -201,7 +202,12 @@ def _column_values(message: Message) -> dict[str, object]:
 INSERT_MESSAGES = insert(Message).returning(Message.id, sort_by_parameter_order=True)
 INSERT_OUTBOX_ITEMS = insert(OutboxItem).returning(OutboxItem.id, sort_by_parameter_order=True)
 # A chat's first message: its contact and conversation, read back with their defaults.
-INSERT_CONTACT = insert(Contact).returning(*Contact.__table__.columns)
+# The contact's INSERT does nothing (and returns no row) when another transaction
+# created the chat's contact meanwhile.
+INSERT_CONTACT_PG, INSERT_CONTACT_SQLITE = (
+    dialect_insert(Contact).on_conflict_do_nothing(index_elements=["channel", "chat"])
+    .returning(*Contact.__table__.columns)
+    for dialect_insert in (postgresql.insert, sqlite.insert))
 INSERT_CONVERSATION = insert(Conversation).returning(*Conversation.__table__.columns)
 MARK_OUTBOUND = (update(Conversation).where(Conversation.id == bindparam("conversation"))
                  .values(last_outbound_at=bindparam("now",
@@ -277,7 +283,10 @@ class Pipeline:
             metrics.inbound_rejected(inbound.channel)
             raise
         except _ProcessingFailed as failure:
-            await self.receive(inbound)
+            stored = await self.receive(inbound)
+            log.error("%s message %d could not be processed; stored unprocessed for a "
+                      "redelivery or the next start", inbound.channel, stored.message_id,
+                      exc_info=failure.error)
             raise failure.error from failure.error.__cause__
         metrics.inbound(inbound.channel, duplicate=received.duplicate)
         if processed is None:
@@ -317,7 +326,8 @@ class Pipeline:
                 if not rate_limit.over_limit(self.settings.limits, recent):
                     return await self._store(session, inbound, text, now, process)
         except IntegrityError as exc:
-            # Another process stored the same delivery (or created the same contact) first.
+            # Another process stored the same delivery first; or not a duplicate at all
+            # (a row processing wrote was refused).
             async with self.db.sessions() as session:
                 existing = await self._find_duplicate(session, inbound)
             if existing is not None:
@@ -385,10 +395,21 @@ class Pipeline:
         })).mappings().first()
         created = row is None
         if row is None:
-            row = (await connection.execute(INSERT_CONTACT, {
+            insert_contact = (INSERT_CONTACT_PG if self.db.is_postgres
+                              else INSERT_CONTACT_SQLITE)
+            row = (await connection.execute(insert_contact, {
                 "channel": inbound.channel, "chat": inbound.chat, "created_at": now,
                 "last_seen_at": now, "display_name": inbound.user_name or None,
-                "language_hint": inbound.language_hint or None})).mappings().one()
+                "language_hint": inbound.language_hint or None})).mappings().first()
+        if row is None:
+            # The chat's first two messages at once (PostgreSQL; SQLite has one writer at
+            # a time): the other one's transaction created the contact and has committed
+            # (the INSERT waited for it). This message joins it, as a chat's next message.
+            created = False
+            row = (await connection.execute(TOUCH_CONTACT, {
+                "of_channel": inbound.channel, "of_chat": inbound.chat, "now": now,
+                "user_name": inbound.user_name or None,
+                "hint": inbound.language_hint or None})).mappings().one()
         return _persistent(session, Contact(), row), created
 
     async def _touched_conversation(self, session: AsyncSession, contact: Contact,
@@ -629,11 +650,20 @@ class Pipeline:
                 select(Message.id).where(Message.direction == "in", Message.processed_at.is_(None))
                 .order_by(Message.id)
             )).scalars().all()
+        recovered = 0
         for message_id in pending:
-            await self.process(message_id)
+            try:
+                await self.process(message_id)
+            except Exception:  # one message that cannot be processed must not hold up the
+                # others, nor the start of the service that calls this
+                log.exception("message %d could not be processed; it stays unprocessed and "
+                              "is tried again at the next start or redelivery", message_id)
+            else:
+                recovered += 1
         if pending:
-            log.info("recovered %d unprocessed inbound message(s)", len(pending))
-        return len(pending)
+            log.info("recovered %d of %d unprocessed inbound message(s)", recovered,
+                     len(pending))
+        return recovered
 
 
 def reply_payload(reply: Reply) -> dict[str, object]:

@@ -12,7 +12,7 @@ from sqlalchemy import event, func, select
 from bot.clock import ManualClock
 from bot.db.models import Contact, Message
 from bot.service import Service
-from bot.types import InboundMessage
+from bot.types import InboundMessage, Reply
 from tests.telegram_stub import message_update
 from tests.test_faults import post
 from tests.test_faults import proxied as proxied  # the fixture: PostgreSQL behind a proxy
@@ -148,3 +148,103 @@ async def test_processing_a_stored_message_and_handling_the_next_of_its_chat_do_
         failures = await session.scalar(select(Contact.verify_failures).where(
             Contact.chat == chat))
     assert failures == 2
+
+
+async def test_a_new_chats_first_two_messages_at_once_are_both_answered(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new chat's first two messages stored at the same time (two processes): on
+    PostgreSQL the second's INSERT of the contact waits for the first's uncommitted row,
+    then inserts nothing; the second then joins the contact and conversation the first
+    created, like a chat's next message, instead of failing on the unique constraint."""
+    chat = "tg-contact-race"
+    first_paused, release_first = asyncio.Event(), asyncio.Event()
+    second_inserting = asyncio.Event()
+    original = service.pipeline.dialogue.respond
+
+    async def respond(session: Any, conversation: Any, customer: Any, message: Any,
+                      now: Any) -> Any:
+        if message.text == "hello":  # the first holds its transaction (and the contact)
+            first_paused.set()
+            await release_first.wait()
+        return await original(session, conversation, customer, message, now)
+
+    inserts: list[str] = []
+
+    def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().startswith("INSERT INTO contacts"):
+            inserts.append(statement)
+            if len(inserts) == 2:  # the first inserted before it paused: the second's
+                second_inserting.set()
+
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", respond)
+    engine = service.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", before_execute)
+    try:
+        first = asyncio.create_task(service.pipeline.handle(_inbound(chat, "hello", "cr-1")))
+        await asyncio.wait_for(first_paused.wait(), 10)
+        second = asyncio.create_task(service.pipeline.handle(
+            _inbound(chat, "Where is my order?", "cr-2")))
+        if service.db.is_postgres:
+            await asyncio.wait_for(second_inserting.wait(), 10)
+            await asyncio.sleep(0.2)  # now waiting on the first's row in the unique index
+        else:  # one writer at a time: the second waits for the first's commit anyway
+            await asyncio.sleep(0.2)
+        release_first.set()
+        processed = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    finally:
+        event.remove(engine, "before_cursor_execute", before_execute)
+    assert all(p.understanding is not None and p.outbox_ids for p in processed)
+    assert processed[0].conversation_id == processed[1].conversation_id
+    async with service.db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Contact)) == 1
+        unprocessed = await session.scalar(select(func.count()).select_from(Message).where(
+            Message.direction == "in", Message.processed_at.is_(None)))
+    assert unprocessed == 0
+
+
+async def test_recover_goes_on_past_a_message_that_cannot_be_processed(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message whose processing always fails (a bug) stays unprocessed, and the messages
+    after it are still recovered: the service's start (which recovers) is not held up."""
+    original = service.pipeline.dialogue.respond
+
+    async def respond(session: Any, conversation: Any, customer: Any, message: Any,
+                      now: Any) -> Any:
+        if message.text == "poison":
+            raise RuntimeError("a handler bug")
+        return await original(session, conversation, customer, message, now)
+
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", respond)
+    await service.pipeline.receive(_inbound("tg-poison", "poison", "p-1"))
+    await service.pipeline.receive(_inbound("tg-fine", "hello", "p-2"))
+    assert await service.pipeline.recover() == 1
+    async with service.db.sessions() as session:
+        left = (await session.execute(select(Message.text).where(
+            Message.direction == "in", Message.processed_at.is_(None)))).scalars().all()
+    assert left == ["poison"]
+
+
+async def test_a_row_the_database_refuses_gives_500_and_the_redelivery_is_answered(
+        proxied: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug that makes the database refuse a row (here a reply without text) is not an
+    outage: the webhook answers 500, not "database unavailable", the message is stored
+    unprocessed, and the platform's redelivery is answered once the bug is gone."""
+    service, http, _proxy, stub = proxied
+    original = service.pipeline.dialogue.respond
+
+    async def textless_reply(*args: Any) -> Any:
+        understanding, _ = await original(*args)
+        return understanding, [Reply(None)]  # type: ignore[arg-type]  # text is NOT NULL
+
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", textless_reply)
+    update = message_update("hello", chat_id=7800, update_id=780_001)
+    response = await post(http, update)
+    assert response.status_code == 500, (response.status_code, response.text)
+    async with service.db.sessions() as session:
+        kept = (await session.execute(select(Message.text).where(
+            Message.direction == "in", Message.processed_at.is_(None)))).scalars().all()
+    assert kept == ["hello"]
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", original)
+    assert (await post(http, update)).status_code == 200  # Telegram redelivers
+    await service.outbox.dispatch_due()
+    assert len(stub.sent_texts(7800)) == 1

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bot import metrics
 from bot.db.database import DatabaseUnavailable
@@ -106,6 +106,15 @@ def create_app(service: Service, *, background: bool = True) -> FastAPI:
                     type(exc).__name__)
         return JSONResponse({"error": "database unavailable, try again shortly"},
                             status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(IntegrityError)
+    async def refused_row(request: Request, exc: Exception) -> JSONResponse:
+        """The database refused a row (a bug, not an outage): 500, which platforms retry
+        too. A customer message whose processing failed this way is stored unprocessed
+        (the pipeline logged why), so the retry or the next start answers it."""
+        log.error("%s %s: a row was refused: %s", request.method, request.url.path,
+                  type(exc).__name__)
+        return JSONResponse({"error": "the request could not be processed"}, status_code=500)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
