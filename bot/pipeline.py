@@ -389,10 +389,9 @@ class Pipeline:
         message's processing left it, not as it was before that committed); created on the
         chat's first message (then the second value is True)."""
         connection = await session.connection()
-        row = (await connection.execute(TOUCH_CONTACT, {
-            "of_channel": inbound.channel, "of_chat": inbound.chat, "now": now,
-            "user_name": inbound.user_name or None, "hint": inbound.language_hint or None,
-        })).mappings().first()
+        touch = {"of_channel": inbound.channel, "of_chat": inbound.chat, "now": now,
+                 "user_name": inbound.user_name or None, "hint": inbound.language_hint or None}
+        row = (await connection.execute(TOUCH_CONTACT, touch)).mappings().first()
         created = row is None
         if row is None:
             insert_contact = (INSERT_CONTACT_PG if self.db.is_postgres
@@ -406,10 +405,7 @@ class Pipeline:
             # a time): the other one's transaction created the contact and has committed
             # (the INSERT waited for it). This message joins it, as a chat's next message.
             created = False
-            row = (await connection.execute(TOUCH_CONTACT, {
-                "of_channel": inbound.channel, "of_chat": inbound.chat, "now": now,
-                "user_name": inbound.user_name or None,
-                "hint": inbound.language_hint or None})).mappings().one()
+            row = (await connection.execute(TOUCH_CONTACT, touch)).mappings().one()
         return _persistent(session, Contact(), row), created
 
     async def _touched_conversation(self, session: AsyncSession, contact: Contact,
