@@ -186,6 +186,20 @@ RELEASE_HELD = (update(OutboxItem)
 # statement, ids in the rows' order.
 MESSAGE_COLUMNS = tuple(column for column in Message.__table__.columns
                         if column.key != "id")
+INSERT_MESSAGES = insert(Message).returning(Message.id, sort_by_parameter_order=True)
+INSERT_OUTBOX_ITEMS = insert(OutboxItem).returning(OutboxItem.id, sort_by_parameter_order=True)
+# A chat's first message: its contact and conversation, read back with their defaults.
+# The contact's INSERT does nothing (and returns no row) when another transaction
+# created the chat's contact meanwhile.
+INSERT_CONTACT_PG, INSERT_CONTACT_SQLITE = (
+    dialect_insert(Contact).on_conflict_do_nothing(index_elements=["channel", "chat"])
+    .returning(*Contact.__table__.columns)
+    for dialect_insert in (postgresql.insert, sqlite.insert))
+INSERT_CONVERSATION = insert(Conversation).returning(*Conversation.__table__.columns)
+# The conversation's last answer, when nothing else of it is to be flushed (queue_replies).
+MARK_OUTBOUND = (update(Conversation).where(Conversation.id == bindparam("conversation"))
+                 .values(last_outbound_at=bindparam("now",
+                                                    type_=Conversation.last_outbound_at.type)))
 
 
 def _column_values(message: Message) -> dict[str, object]:
@@ -199,19 +213,6 @@ def _column_values(message: Message) -> dict[str, object]:
             value = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
         values[column.key] = value
     return values
-INSERT_MESSAGES = insert(Message).returning(Message.id, sort_by_parameter_order=True)
-INSERT_OUTBOX_ITEMS = insert(OutboxItem).returning(OutboxItem.id, sort_by_parameter_order=True)
-# A chat's first message: its contact and conversation, read back with their defaults.
-# The contact's INSERT does nothing (and returns no row) when another transaction
-# created the chat's contact meanwhile.
-INSERT_CONTACT_PG, INSERT_CONTACT_SQLITE = (
-    dialect_insert(Contact).on_conflict_do_nothing(index_elements=["channel", "chat"])
-    .returning(*Contact.__table__.columns)
-    for dialect_insert in (postgresql.insert, sqlite.insert))
-INSERT_CONVERSATION = insert(Conversation).returning(*Conversation.__table__.columns)
-MARK_OUTBOUND = (update(Conversation).where(Conversation.id == bindparam("conversation"))
-                 .values(last_outbound_at=bindparam("now",
-                                                    type_=Conversation.last_outbound_at.type)))
 
 
 def _persistent(session: AsyncSession, instance: ModelT,
@@ -367,7 +368,7 @@ class Pipeline:
                                     is None else await session.get(Customer,
                                                                    conversation.customer_id))
             processed = await self._process_claimed(session, message, conversation, now)
-            await session.flush()  # the message is inserted by now unless nothing was queried
+            await session.flush()  # what is left, so that a refused row fails in this try
         except IntegrityError as exc:
             if message.id is None:  # the message's own INSERT (with its replies' in
                 raise               # queue_replies): another process stored the same delivery
