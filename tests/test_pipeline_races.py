@@ -22,6 +22,24 @@ def _inbound(chat: str, text: str, external_id: str) -> InboundMessage:
     return InboundMessage(channel="telegram", chat=chat, text=text, external_id=external_id)
 
 
+def _hold_processing(service: Service, monkeypatch: pytest.MonkeyPatch,
+                     text: str) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the processing of the message ``text`` stop in the dialogue, its transaction
+    open, until released: returns the events (paused, release)."""
+    paused, release = asyncio.Event(), asyncio.Event()
+    original = service.pipeline.dialogue.respond
+
+    async def respond(session: Any, conversation: Any, customer: Any, message: Any,
+                      now: Any) -> Any:
+        if message.text == text:
+            paused.set()
+            await release.wait()
+        return await original(session, conversation, customer, message, now)
+
+    monkeypatch.setattr(service.pipeline.dialogue, "respond", respond)
+    return paused, release
+
+
 async def test_concurrent_failed_verifications_of_one_chat_are_both_counted(
         service: Service, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two wrong order-number/e-mail attempts of one chat processed at the same time: the
@@ -33,18 +51,9 @@ async def test_concurrent_failed_verifications_of_one_chat_are_both_counted(
 
     first_text = "Where is my order PO-55555? first@elsewhere.example"
     second_text = "Where is my order PO-55556? second@elsewhere.example"
-    first_paused, release_first = asyncio.Event(), asyncio.Event()
+    # the first holds its transaction open in the dialogue
+    first_paused, release_first = _hold_processing(service, monkeypatch, first_text)
     second_read_contact = asyncio.Event()
-    original = service.pipeline.dialogue.respond
-
-    async def respond(session: Any, conversation: Any, customer: Any, message: Any,
-                      now: Any) -> Any:
-        if message.text == first_text:  # the first holds its transaction open here
-            first_paused.set()
-            await release_first.wait()
-        return await original(session, conversation, customer, message, now)
-
-    monkeypatch.setattr(service.pipeline.dialogue, "respond", respond)
     first = asyncio.create_task(service.pipeline.handle(_inbound(chat, first_text, "v-1")))
     await asyncio.wait_for(first_paused.wait(), 10)
 
@@ -126,17 +135,8 @@ async def test_processing_a_stored_message_and_handling_the_next_of_its_chat_do_
     second_text = "Where is my order PO-55556? second@elsewhere.example"
     received = await service.pipeline.receive(_inbound(chat, first_text, "d-1"))
     clock.advance(timedelta(seconds=5))
-    first_paused, release_first = asyncio.Event(), asyncio.Event()
-    original = service.pipeline.dialogue.respond
-
-    async def respond(session: Any, conversation: Any, customer: Any, message: Any,
-                      now: Any) -> Any:
-        if message.text == first_text:  # process() holds the conversation here
-            first_paused.set()
-            await release_first.wait()
-        return await original(session, conversation, customer, message, now)
-
-    monkeypatch.setattr(service.pipeline.dialogue, "respond", respond)
+    # process() holds the conversation in the dialogue
+    first_paused, release_first = _hold_processing(service, monkeypatch, first_text)
     first = asyncio.create_task(service.pipeline.process(received.message_id))
     await asyncio.wait_for(first_paused.wait(), 10)
     second = asyncio.create_task(service.pipeline.handle(_inbound(chat, second_text, "d-2")))
@@ -157,17 +157,9 @@ async def test_a_new_chats_first_two_messages_at_once_are_both_answered(
     then inserts nothing; the second then joins the contact and conversation the first
     created, like a chat's next message, instead of failing on the unique constraint."""
     chat = "tg-contact-race"
-    first_paused, release_first = asyncio.Event(), asyncio.Event()
+    # the first holds its transaction (and the contact it created) in the dialogue
+    first_paused, release_first = _hold_processing(service, monkeypatch, "hello")
     second_inserting = asyncio.Event()
-    original = service.pipeline.dialogue.respond
-
-    async def respond(session: Any, conversation: Any, customer: Any, message: Any,
-                      now: Any) -> Any:
-        if message.text == "hello":  # the first holds its transaction (and the contact)
-            first_paused.set()
-            await release_first.wait()
-        return await original(session, conversation, customer, message, now)
-
     inserts: list[str] = []
 
     def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -176,7 +168,6 @@ async def test_a_new_chats_first_two_messages_at_once_are_both_answered(
             if len(inserts) == 2:  # the first inserted before it paused: the second's
                 second_inserting.set()
 
-    monkeypatch.setattr(service.pipeline.dialogue, "respond", respond)
     engine = service.db.engine.sync_engine
     event.listen(engine, "before_cursor_execute", before_execute)
     try:
