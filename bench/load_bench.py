@@ -36,7 +36,7 @@ the stand-in is an aiohttp web server with a single handler.
 
     python bench/load_bench.py [--configs sqlite:1,postgresql:1,postgresql:3]
         [--messages 1000] [--rates 300] [--concurrency 16] [--breakdown 300]
-        [--bare-rounds 3000] [--profile] [--check] [--no-postgres]
+        [--bare-rounds 3000] [--profile [--profile-out FILE]] [--check] [--no-postgres]
         [--outbox-concurrency N]
 """
 
@@ -653,6 +653,8 @@ async def run_config(backend: str, processes: int, args: argparse.Namespace,
                     profile.wait(60)
                     for line in summarize_profile(out) if out.exists() else []:
                         print(line)
+                    if args.profile_out and out.exists():
+                        shutil.copyfile(out, args.profile_out)
                 if rate is None:
                     capacity = result.throughput
         finally:
@@ -724,13 +726,16 @@ async def breakdown(backend: str, url: str, messages: int) -> None:
         timed(service.sla, "after_customer_message", "    of which the SLA clocks")
         timed(service.outbox, "dispatch_due", "deliver (find, claim, send, mark)")
         event.listen(service.db.engine.sync_engine, "before_cursor_execute", count)
+        # Enough chats that none writes more than [rate_limit] messages_per_minute (20)
+        # however fast the machine: five messages per chat, as over HTTP.
+        chats = max(50, messages // MESSAGES_PER_CHAT)
         for n in range(-30, messages):  # the first 30 warm up
             if n == 0:
                 stages.clear()
                 statements[0] = 0
                 wall, cpu = time.perf_counter(), time.process_time()
             await service.pipeline.handle(InboundMessage(
-                channel="telegram", chat=f"tg-{n % 50}", text=GREETINGS[n % 8][1],
+                channel="telegram", chat=f"tg-{n % chats}", text=GREETINGS[n % 8][1],
                 external_id=f"m-{n}"))
             await service.outbox.dispatch_due()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -855,6 +860,8 @@ async def main() -> int:
                         help="in-process breakdown per backend over N messages (0: none)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the first process during the saturated run")
+    parser.add_argument("--profile-out", type=Path, default=None, metavar="FILE",
+                        help="with --profile: keep py-spy's raw stacks (collapsed) in FILE")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a message went without reply or got two")

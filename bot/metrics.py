@@ -88,6 +88,12 @@ IN_FLIGHT = Gauge(
     "Sends this process has handed to a channel and not yet seen answered.",
     ["channel"], registry=REGISTRY)
 
+PAUSED = Gauge(
+    "supportbot_outbox_paused",
+    "1 while this process sends nothing on the channel because the platform asked it to "
+    "wait (a 429 with retry_after), else 0.",
+    ["channel"], registry=REGISTRY)
+
 DELIVERY_RESULTS = ("sent", "retry", "failed", "held")
 
 
@@ -111,6 +117,10 @@ def sending(channel: str) -> Iterator[None]:
         yield
     finally:
         gauge.dec()
+
+
+def paused(channel: str, pausing: bool) -> None:
+    PAUSED.labels(channel).set(1 if pausing else 0)
 
 
 def delivered(channel: str, status: str, queued_at: datetime, now: datetime) -> None:

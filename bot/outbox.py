@@ -39,6 +39,10 @@ lease ends (at-least-once).
 ``dispatch_due`` (replay, console, the web chat's request) stays one row at a time in id
 order: a select of the due heads, then a claim and an outcome per row.
 
+A platform asking to wait (a 429 with ``retry_after``) pauses the whole channel's loop in
+``serve`` until then, not only the refused chat, as python-telegram-bot's own rate limiter
+does: with many sends in flight, a flood limit is met once rather than by every send.
+
 Back-pressure: the backlog lives in the database, never in memory. ``serve`` runs one loop
 per channel (a slow platform holds up only its own replies); each loop claims at most as
 many rows as it has free send slots (``[outbox] concurrency``, and never more than
@@ -208,6 +212,7 @@ class _Outcome:
     values: dict[str, Any]  # the columns to write, exactly
     error: str | None
     now: datetime
+    retry_after: float | None = None  # the platform asked to wait this long (429)
 
     @property
     def status(self) -> str:
@@ -366,7 +371,8 @@ class OutboxDispatcher:
                 values["next_attempt_at"] = now + timedelta(seconds=delay)
                 log.info("outbox %d to %s: retry %d in %.1f s (%s)", item.id, item.channel,
                          item.attempts, delay, error)
-        return _Outcome(item, values, error, now)
+        return _Outcome(item, values, error, now,
+                        float(retry_after) if retry_after is not None else None)
 
     async def _write_outcomes(self, outcomes: Iterable[_Outcome],
                               connection: AsyncConnection | None = None) -> None:
@@ -482,8 +488,14 @@ class OutboxDispatcher:
         # SQLite: while the claims come back short (idle, or a reply now and then), look
         # before claiming, so an idle loop takes no write lock (see _claim_due).
         idle = True
+        # The platform asked to wait (a 429 with retry_after): until then nothing new is
+        # sent on this channel, as python-telegram-bot's own rate limiter does, so that
+        # many sends in flight meet a flood limit once rather than each using up
+        # attempts on it. The sends under way finish; outcomes are still written.
+        paused_until: datetime | None = None
 
         def done(outbox_id: int, task: asyncio.Task[_Outcome]) -> None:
+            nonlocal paused_until
             in_flight.pop(outbox_id, None)
             wake.set()  # write the outcome; the chat's next reply may be due then
             if task.cancelled():
@@ -492,7 +504,29 @@ class OutboxDispatcher:
                 log.error("outbox %d to %s: delivery failed; retrying when its lease ends",
                           outbox_id, channel, exc_info=error)
                 return
-            finished.append(task.result())
+            outcome = task.result()
+            finished.append(outcome)
+            if outcome.retry_after is not None and outcome.retry_after > 0:
+                until = outcome.now + timedelta(seconds=outcome.retry_after)
+                if paused_until is None or until > paused_until:
+                    if paused_until is None:
+                        log.warning("outbox: %s asked to wait %.1f s; sending nothing more "
+                                    "on it until then", channel, outcome.retry_after)
+                    paused_until = until
+                    metrics.paused(channel, True)
+
+        def pause_left() -> float:
+            """Seconds this channel still waits for its platform (0: not paused)."""
+            nonlocal paused_until
+            if paused_until is None:
+                return 0.0
+            left = (paused_until - self.clock.now()).total_seconds()
+            if left <= 0:
+                log.info("outbox: sending on %s again", channel)
+                paused_until = None
+                metrics.paused(channel, False)
+                return 0.0
+            return left
 
         async def turn() -> None:
             """A function of its own so that nothing of a turn (the rows written and
@@ -502,6 +536,8 @@ class OutboxDispatcher:
             # finishing during the turn moves from in_flight to finished and keeps its slot
             # (and its row, busy) until the next turn writes it.
             free = min(self.settings.concurrency - len(in_flight), self.settings.batch_size)
+            if pause_left() > 0:
+                free = 0
             claimed, written = await self._turn(channel, finished, free, busy=list(in_flight),
                                                 look_first=idle and self.db.is_sqlite)
             if free > 0:
@@ -517,10 +553,16 @@ class OutboxDispatcher:
             while not stop.is_set():
                 wake.clear()  # before looking, so a wake-up meanwhile is not lost
                 await turn()
-                # Until a send finishes, a reply is queued, or the poll for retries.
+                # Until a send finishes, a reply is queued, the poll for retries, or the
+                # end of a pause.
+                timeout = self.settings.poll_seconds
+                if (left := pause_left()) > 0:
+                    timeout = min(timeout, left)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=self.settings.poll_seconds)
+                    await asyncio.wait_for(wake.wait(), timeout=timeout)
         finally:
             if in_flight:  # let the sends under way finish and record their outcome
                 await asyncio.gather(*in_flight.values(), return_exceptions=True)
             await self._record(channel, finished)
+            if paused_until is not None:
+                metrics.paused(channel, False)

@@ -22,6 +22,7 @@ from bot.channels.base import Delivery, PermanentDeliveryError, TemporaryDeliver
 from bot.clock import ManualClock
 from bot.config import OutboxSettings, load_settings
 from bot.db.models import OutboxItem
+from bot.metrics import REGISTRY
 from bot.outbox import DUE_HEADS, OutboxDispatcher
 from bot.service import Service
 
@@ -44,11 +45,13 @@ class Platform:
         self.gate.set()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.started = 0  # sends begun
 
     async def send(self, delivery: Delivery) -> str | None:
         assert delivery.chat not in self.busy, f"two replies to {delivery.chat} at once"
         self.busy.add(delivery.chat)
         self.in_flight += 1
+        self.started += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await self.gate.wait()
@@ -220,6 +223,44 @@ async def test_each_chat_keeps_its_order_with_batched_claims_and_retries(
     assert await all_sent(service)
     [retried] = [r for r in await rows(service) if r.id == first_of_c0]
     assert (retried.attempts, retried.last_error) == (2, None)
+
+
+async def test_a_platform_asking_to_wait_pauses_the_whole_channel(
+        service: Service, clock: ManualClock) -> None:
+    """A 429 with retry_after (Telegram's flood control) stops every new send on the
+    channel until then, not only the refused chat's: with many sends in flight, the limit
+    is met once instead of every chat using up attempts on it. The sends under way finish;
+    the pause shows in /metrics."""
+    platform = Platform(delay=0.005)
+    dispatcher = OutboxDispatcher(service.db, clock, {"telegram": platform},
+                                  OutboxSettings(concurrency=4, poll_seconds=0.05))
+    ids = await queue(service, chats=40, per_chat=1)
+    refused = min(ids)  # among the first four sends
+    platform.failures[refused] = TemporaryDeliveryError("429 too many requests",
+                                                        retry_after=30)
+
+    def paused() -> float | None:
+        return REGISTRY.get_sample_value("supportbot_outbox_paused", {"channel": "telegram"})
+
+    async def refusal_written() -> bool:
+        return any(r.id == refused and r.last_error for r in await rows(service))
+
+    async with serving(dispatcher):
+        await until("the 429 written", refusal_written)
+        await until("the sends under way finished", lambda: platform.in_flight == 0)
+        started = platform.started
+        await asyncio.sleep(0.3)  # six polls: nothing new goes out, other chats' neither
+        # At most the sends under way and those of a turn already claiming when the 429
+        # came back: two slots' worth, not the forty.
+        assert platform.started == started <= 8
+        assert paused() == 1
+        clock.advance(timedelta(seconds=31))
+        dispatcher.wake()
+        await until("all sent", lambda: len(platform.sent) == 40)
+        assert paused() == 0
+    [retried] = [r for r in await rows(service) if r.id == refused]
+    assert (retried.status, retried.attempts) == ("sent", 2)
+    assert sum(r.attempts for r in await rows(service)) == 41  # one refused attempt
 
 
 async def test_two_dispatchers_on_one_database_send_each_reply_once_in_order(

@@ -326,11 +326,23 @@ async def test_the_channel_s_bot_uses_it_for_sending_and_polling(api: BotApi) ->
     bot = build_bot(settings.telegram)
     send_request, updates_request = bot._request[1], bot._request[0]
     assert isinstance(send_request, AiohttpRequest) and send_request.read_timeout == 15
+    assert send_request._pool_size == 16
+    assert build_bot(settings.telegram, connections=40)._request[1]._pool_size == 40
     assert isinstance(updates_request, AiohttpRequest) and updates_request.read_timeout == 40
     async with bot:
         assert await bot.get_updates(timeout=0) == ()
         assert (await bot.send_message(chat_id=3, text="ok")).text == "ok"
     assert [c["method"] for c in api.calls] == ["getMe", "getUpdates", "sendMessage"]
+
+
+def test_the_channel_has_a_connection_per_send_in_flight_and_some_to_spare() -> None:
+    from bot.channels import build_channels
+
+    settings = load_settings(None, telegram={"token": TOKEN, "mode": "polling"},
+                             outbox={"concurrency": 30})
+    channel = build_channels(settings, db=None, clock=None, agent_texts={},  # type: ignore[arg-type]
+                             calendar=None)["telegram"]  # type: ignore[arg-type]
+    assert channel.bot._request[1]._pool_size == 34  # type: ignore[attr-defined]
 
 
 async def test_a_proxy_from_the_environment_is_used(api: BotApi,

@@ -29,7 +29,9 @@ def build_channels(settings: Settings, *, db: Database, clock: Clock,
     if settings.telegram.enabled:
         from bot.channels.telegram import TelegramChannel
 
-        channels[TelegramChannel.name] = TelegramChannel(settings.telegram)
+        # A connection per send in flight, and a few for the other calls (files).
+        channels[TelegramChannel.name] = TelegramChannel(
+            settings.telegram, connections=settings.outbox.concurrency + 4)
     if settings.wechat.enabled:
         from bot.channels.wechat import WechatChannel
 

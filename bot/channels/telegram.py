@@ -70,13 +70,16 @@ def delivery_error(exc: TelegramError) -> Exception:
     return TemporaryDeliveryError(f"telegram: {exc}")
 
 
-def build_bot(settings: TelegramSettings) -> Bot:
+def build_bot(settings: TelegramSettings, connections: int = 16) -> Bot:
+    """``connections``: the most Bot API calls at once (the outbox's sends in flight and
+    a few more for the rest, files say); a call waiting for a free one longer than the
+    pool timeout (1 s) fails as a temporary error."""
     assert settings.token is not None
     base = settings.api_base_url.rstrip("/")
     return Bot(settings.token.get_secret_value(), base_url=f"{base}/bot",
                base_file_url=f"{base}/file/bot",
                # aiohttp instead of PTB's default httpx: a third of the CPU per call.
-               request=AiohttpRequest(connection_pool_size=16, read_timeout=15),
+               request=AiohttpRequest(connection_pool_size=connections, read_timeout=15),
                # getUpdates waits read_timeout plus the poll's own timeout (PTB adds it).
                get_updates_request=AiohttpRequest(connection_pool_size=2, read_timeout=40))
 
@@ -84,9 +87,10 @@ def build_bot(settings: TelegramSettings) -> Bot:
 class TelegramChannel:
     name = NAME
 
-    def __init__(self, settings: TelegramSettings, bot: Bot | None = None) -> None:
+    def __init__(self, settings: TelegramSettings, bot: Bot | None = None,
+                 connections: int = 16) -> None:
         self.settings = settings
-        self.bot = bot or build_bot(settings)
+        self.bot = bot or build_bot(settings, connections)
         self._ready = False
 
     async def ready(self) -> Bot:
