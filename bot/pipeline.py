@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, make_transient_to_detached, selectinload
-from sqlalchemy.orm.attributes import flag_modified, instance_dict, set_committed_value
+from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 
 from bot import metrics, rate_limit
 from bot.clock import Clock
@@ -196,10 +196,6 @@ INSERT_CONTACT_PG, INSERT_CONTACT_SQLITE = (
     .returning(*Contact.__table__.columns)
     for dialect_insert in (postgresql.insert, sqlite.insert))
 INSERT_CONVERSATION = insert(Conversation).returning(*Conversation.__table__.columns)
-# The conversation's last answer, when nothing else of it is to be flushed (queue_replies).
-MARK_OUTBOUND = (update(Conversation).where(Conversation.id == bindparam("conversation"))
-                 .values(last_outbound_at=bindparam("now",
-                                                    type_=Conversation.last_outbound_at.type)))
 
 
 def _column_values(message: Message) -> dict[str, object]:
@@ -586,9 +582,8 @@ class Pipeline:
         The rows are written with Core statements, not the ORM's unit of work, which cost
         about 1 ms of CPU per row written (docs/benchmarks.md, 2026-12-07): the message
         answered (when still pending) and the replies in one INSERT, the outbox rows in a
-        second; whatever else the session holds is flushed in between, and the
-        conversation's ``last_outbound_at`` goes with that flush or, when there is nothing
-        to flush, in an UPDATE of its own."""
+        second; whatever else the session holds (the conversation's changes) is flushed
+        in between, only when there is something."""
         if not replies:
             return []
         passive = (self.passive_reply_windows.get(conversation.channel)
@@ -614,15 +609,7 @@ class Pipeline:
         if pending is not None:
             _persistent(session, pending, {**rows[0], "id": message_ids.pop(0)})
         if session.new or session.dirty:
-            conversation.last_outbound_at = now
-            # Written even when the object already holds ``now`` (set by a Core UPDATE in a
-            # savepoint since rolled back, which does not expire it).
-            flag_modified(conversation, "last_outbound_at")
             await session.flush()
-        else:
-            await connection.execute(MARK_OUTBOUND, {"conversation": conversation.id,
-                                                     "now": now})
-            set_committed_value(conversation, "last_outbound_at", now)
         in_reply_to = answering.id if answering is not None else None
         items: list[dict[str, object]] = []
         for reply, message_id in zip(replies, message_ids, strict=True):

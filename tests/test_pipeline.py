@@ -166,13 +166,12 @@ async def test_a_redelivery_processes_a_message_whose_first_processing_failed(
     assert await count(service, Message) == 2
 
 
-async def test_a_greeting_is_stored_and_answered_in_six_statements_without_a_flush(
+async def test_a_greeting_is_stored_and_answered_in_five_statements_without_a_flush(
         service: Service) -> None:
     """The hot path's statement budget (docs/architecture.md, "Few statements per message"):
     duplicate check and rate limit in one SELECT, the contact and the open conversation
     each touched and read back in one UPDATE, the message (complete with what was
-    understood) and its reply in one INSERT, the conversation's last answer, the reply's
-    outbox row. No held replies to look for on Telegram (it holds none), no paused SLA
+    understood) and its reply in one INSERT, the reply's outbox row. No held replies to look for on Telegram (it holds none), no paused SLA
     clock on a conversation no agent has answered, and no unit-of-work flush at all: the
     rows go in with Core statements and nothing else changed."""
     chat = "tg-statements"
@@ -205,9 +204,10 @@ async def test_a_greeting_is_stored_and_answered_in_six_statements_without_a_flu
     work = [s for s in statements if not s.upper().startswith(("BEGIN", "COMMIT", "SELECT 1"))]
     # SQLite's driver cannot return the ids of a multi-row INSERT in order: a row each.
     message_inserts = 1 if service.db.is_postgres else 2
-    assert len(work) == 5 + message_inserts, statements
+    assert len(work) == 4 + message_inserts, statements
     assert sum(s.startswith("INSERT INTO messages") for s in work) == message_inserts
     assert sum(s.startswith("INSERT INTO outbox") for s in work) == 1
+    assert sum(s.startswith("UPDATE conversations") for s in work) == 1  # the touch
     assert not any("sla_clocks" in s or s.startswith("UPDATE outbox") for s in work)
     async with service.db.sessions() as session:
         stored = (await session.execute(select(Message).where(
@@ -251,7 +251,6 @@ async def test_a_chats_first_message_creates_contact_and_conversation_without_lo
             conversation.last_intent, conversation.misses, conversation.flow_state) == (
         contact.id, "open", "en", "greeting", 0, {})
     assert conversation.last_inbound_at == conversation.updated_at == now
-    assert conversation.last_outbound_at == now
 
 
 async def test_a_reply_that_cannot_be_stored_leaves_the_message_stored_unprocessed(
@@ -280,12 +279,12 @@ async def test_a_reply_that_cannot_be_stored_leaves_the_message_stored_unprocess
     assert await service.pipeline.recover() == 1
 
 
-async def test_last_outbound_at_is_written_after_a_savepoint_with_replies_rolled_back(
+async def test_replies_queued_in_a_savepoint_rolled_back_are_gone_and_the_next_stay(
         service: Service) -> None:
-    """A scheduled job queues each alert in a savepoint (bot/jobs.py). When nothing else
-    is to be flushed, queue_replies writes ``last_outbound_at`` with a Core UPDATE the ORM
-    does not know of, so a rolled-back savepoint leaves the object holding the new value;
-    the next queue_replies of the transaction must still write it."""
+    """A scheduled job queues each alert in a savepoint (bot/jobs.py); queue_replies
+    writes its rows with Core statements the ORM does not track, so a rolled-back
+    savepoint must take them with it, and the next alert of the transaction, with
+    something of the conversation's to flush too, must be stored whole."""
     await service.pipeline.handle(InboundMessage(channel="telegram", chat="tg-sp", text="hi",
                                                  external_id="sp-0"))
     service.clock.advance(timedelta(hours=1))  # type: ignore[attr-defined]
@@ -300,11 +299,13 @@ async def test_last_outbound_at_is_written_after_a_savepoint_with_replies_rolled
             conversation.priority = "high"  # something to flush: the flush writes it
             await service.pipeline.queue_replies(session, conversation, [Reply("b")], now)
     async with service.db.sessions() as session:
-        stored = await session.scalar(select(Conversation.last_outbound_at))
+        priority = await session.scalar(select(Conversation.priority))
         texts = (await session.execute(select(Message.text).where(
             Message.direction == "out", Message.created_at == now))).scalars().all()
-    assert texts == ["b"]
-    assert stored == now
+        queued = (await session.execute(select(OutboxItem.payload).where(
+            OutboxItem.created_at == now))).scalars().all()
+    assert texts == ["b"] and [payload["text"] for payload in queued] == ["b"]
+    assert priority == "high"
 
 
 async def test_a_held_reply_is_released_when_the_customer_writes_on_a_holding_channel(

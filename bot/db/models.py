@@ -155,7 +155,6 @@ class Conversation(Base):
     satisfaction: Mapped[int | None]  # the customer's 1-5 rating after resolution
     satisfaction_at: Mapped[datetime | None]
     last_inbound_at: Mapped[datetime | None]
-    last_outbound_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None] = mapped_column(index=True)
 
     contact: Mapped[Contact] = relationship()
