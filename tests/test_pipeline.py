@@ -171,9 +171,10 @@ async def test_a_greeting_is_stored_and_answered_in_five_statements_without_a_fl
     """The hot path's statement budget (docs/architecture.md, "Few statements per message"):
     duplicate check and rate limit in one SELECT, the contact and the open conversation
     each touched and read back in one UPDATE, the message (complete with what was
-    understood) and its reply in one INSERT, the reply's outbox row. No held replies to look for on Telegram (it holds none), no paused SLA
-    clock on a conversation no agent has answered, and no unit-of-work flush at all: the
-    rows go in with Core statements and nothing else changed."""
+    understood) and its reply in one INSERT, the reply's outbox row. No held replies to
+    look for on Telegram (it holds none), no paused SLA clock on a conversation no agent
+    has answered, and no unit-of-work flush at all: the rows go in with Core statements
+    and nothing else changed."""
     chat = "tg-statements"
     await service.pipeline.handle(InboundMessage(channel="telegram", chat=chat,
                                                  text="hello", external_id="s-0"))
