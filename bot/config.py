@@ -173,6 +173,11 @@ class LanguagesSettings(Section):
 class DatabaseSettings(Section):
     url: str = "sqlite+aiosqlite:///supportbot.db"
     echo: bool = False
+    # PostgreSQL: connections serve keeps open (and up to 5 more for a burst). Each webhook
+    # being answered holds one for its transaction: with fewer than the requests in
+    # flight, connections were opened and closed under load (a connect and every
+    # statement prepared again each time).
+    pool_size: int = Field(default=20, ge=1, le=500)
 
     @field_validator("url")
     @classmethod

@@ -63,7 +63,10 @@ def _count_recent_inbound() -> Select[int]:
     """How many messages the chat stored since ``since``, counted up to ``limit``: built
     once, as every inbound message runs it (building costs as much as running)."""
     since = bindparam("since", type_=Message.created_at.type)
-    recent = _recent_conversations(bindparam("channel"), bindparam("chat"), since)
+    # Named after no column: the pipeline runs this inside a statement that also updates
+    # the contact and the conversation, and SQLAlchemy would take a parameter named after
+    # one of their columns (channel, chat) as a value to SET.
+    recent = _recent_conversations(bindparam("of_channel"), bindparam("of_chat"), since)
     inbound_rows = (select(Message.id).where(
         Message.conversation_id.in_(recent), Message.direction == "in",
         Message.created_at >= since).limit(bindparam("limit", type_=Integer)).subquery())
@@ -77,7 +80,7 @@ def count_parameters(limits: LimitsSettings, inbound: InboundMessage,
                      now: datetime) -> dict[str, object]:
     """The parameters of ``COUNT_RECENT_INBOUND`` for this message (the pipeline runs it
     together with its duplicate check, in the transaction that stores the message)."""
-    return {"channel": inbound.channel, "chat": inbound.chat, "since": now - WINDOW,
+    return {"of_channel": inbound.channel, "of_chat": inbound.chat, "since": now - WINDOW,
             "limit": max(limits.messages_per_minute, 0)}
 
 

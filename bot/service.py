@@ -115,7 +115,8 @@ async def open_database(settings: Settings, *, migrate: bool | None = None,
                         database_url: str | None = None) -> Database:
     """The database alone, checked and migrated like ``Service.start`` does, for commands
     that need no knowledge or classifier (import, report)."""
-    db = Database(database_url or settings.database.url, echo=settings.database.echo)
+    db = Database(database_url or settings.database.url, echo=settings.database.echo,
+                  pool_size=settings.database.pool_size)
     try:
         await db.check()
         if migrate if migrate is not None else db.is_sqlite:

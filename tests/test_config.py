@@ -138,3 +138,19 @@ def test_an_absurdly_long_duration_in_the_file_names_the_key(tmp_path: Path) -> 
     path.write_text('[sla]\nfirst_response = "99999999999999999d"\n')
     with pytest.raises(ConfigError, match=r"sla\.first_response: a duration of at most"):
         load_settings(path)
+
+
+async def test_the_postgresql_pool_holds_as_many_connections_as_configured() -> None:
+    from bot.db.database import POOL_OVERFLOW, Database
+
+    assert load_settings(None).database.pool_size == 20
+    settings = load_settings(None, database={
+        "url": "postgresql://postgres@127.0.0.1:5432/supportbot", "pool_size": 32})
+    db = Database(settings.database.url, pool_size=settings.database.pool_size)
+    try:  # nothing connects until used
+        pool = db.engine.sync_engine.pool
+        assert (pool.size(), pool._max_overflow) == (32, POOL_OVERFLOW)  # type: ignore[attr-defined]
+    finally:
+        await db.dispose()
+    with pytest.raises(ConfigError, match="pool_size"):
+        load_settings(None, database={"pool_size": 0})

@@ -7,10 +7,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 
 from bot.clock import ManualClock
-from bot.db.models import Contact, Message
+from bot.db.models import Contact, Conversation, Message
 from bot.service import Service
 from bot.types import InboundMessage, Reply
 from tests.telegram_stub import message_update
@@ -60,7 +60,7 @@ async def test_concurrent_failed_verifications_of_one_chat_are_both_counted(
     def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         sql = statement.lstrip()
         if (sql.upper().startswith("SELECT") and "FROM contacts" in sql) \
-                or sql.startswith("UPDATE contacts"):  # read, or touched and read back
+                or "UPDATE contacts" in sql:  # read, or touched and read back
             second_read_contact.set()  # the first is paused: this is the second's read
 
     engine = service.db.engine.sync_engine
@@ -191,6 +191,48 @@ async def test_a_new_chats_first_two_messages_at_once_are_both_answered(
         unprocessed = await session.scalar(select(func.count()).select_from(Message).where(
             Message.direction == "in", Message.processed_at.is_(None)))
     assert unprocessed == 0
+
+
+async def test_two_messages_after_a_resolution_join_one_new_conversation(
+        service: Service, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chat's conversation was resolved; its next two messages come at once. The
+    first opens a new conversation and holds the contact while it is processed. The
+    second's look for the open conversation (on PostgreSQL part of the statement that
+    waits for the contact) was made before the first committed; it must look again
+    rather than open a second conversation."""
+    chat = "tg-reopen-race"
+    first_reply = await service.pipeline.handle(_inbound(chat, "hello", "ro-0"))
+    async with service.db.sessions.begin() as session:
+        await session.execute(update(Conversation).where(
+            Conversation.id == first_reply.conversation_id).values(
+            status="resolved", resolved_at=clock.now()))
+    clock.advance(timedelta(hours=1))
+    first_paused, release_first = _hold_processing(service, monkeypatch, "hello again")
+    second_touching = asyncio.Event()
+
+    def before_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "UPDATE contacts" in statement:  # the first is paused: this is the second's
+            second_touching.set()
+
+    engine = service.db.engine.sync_engine
+    first = asyncio.create_task(service.pipeline.handle(_inbound(chat, "hello again", "ro-1")))
+    await asyncio.wait_for(first_paused.wait(), 10)
+    event.listen(engine, "before_cursor_execute", before_execute)
+    try:
+        second = asyncio.create_task(service.pipeline.handle(
+            _inbound(chat, "Where is my order?", "ro-2")))
+        await asyncio.wait_for(second_touching.wait(), 10)
+        await asyncio.sleep(0.3)  # waiting for the contact the first holds
+        release_first.set()
+        processed = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    finally:
+        event.remove(engine, "before_cursor_execute", before_execute)
+    assert processed[0].conversation_id == processed[1].conversation_id \
+        != first_reply.conversation_id
+    async with service.db.sessions() as session:
+        statuses = (await session.execute(select(Conversation.status).order_by(
+            Conversation.id))).scalars().all()
+    assert statuses == ["resolved", "open"]
 
 
 async def test_recover_goes_on_past_a_message_that_cannot_be_processed(

@@ -44,10 +44,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Connections a PostgreSQL pool may open beyond its size for a burst (closed after).
+POOL_OVERFLOW = 5
+
+
 class Database:
     """One engine and session factory per process. Repositories flush; use cases commit."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 20) -> None:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -57,7 +61,7 @@ class Database:
             # No pre-ping: on asyncpg it is three round trips (BEGIN, a ping, ROLLBACK) before
             # every transaction, half a millisecond of CPU per message. A connection the
             # server closed is replaced at checkout instead (_discard_if_closed).
-            options.update(pool_size=10, max_overflow=10)
+            options.update(pool_size=pool_size, max_overflow=POOL_OVERFLOW)
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.is_postgres:
             event.listen(self.engine.sync_engine, "checkout", _discard_if_closed)
