@@ -39,9 +39,11 @@ lease ends (at-least-once).
 ``dispatch_due`` (replay, console, the web chat's request) stays one row at a time in id
 order: a select of the due heads, then a claim and an outcome per row.
 
-A platform asking to wait (a 429 with ``retry_after``) pauses the whole channel's loop in
-``serve`` until then, not only the refused chat, as python-telegram-bot's own rate limiter
-does: with many sends in flight, a flood limit is met once rather than by every send.
+A platform asking to wait (a 429 with ``retry_after``) pauses the whole channel in this
+dispatcher (``serve``'s loop and ``dispatch_due``) until then, at most
+``PAUSE_CAP_SECONDS``, not only the refused chat, as python-telegram-bot's own rate
+limiter does: with many sends in flight, a flood limit is met once rather than by every
+send.
 
 Back-pressure: the backlog lives in the database, never in memory. ``serve`` runs one loop
 per channel (a slow platform holds up only its own replies); each loop claims at most as
@@ -139,6 +141,9 @@ _HEADS = _due_head_ids(
     lambda older: older.channel.in_(bindparam("channels", expanding=True))).subquery("heads")
 # A send may take this share of the lease at most (then it is a temporary failure).
 SEND_SHARE_OF_LEASE = 0.8
+# The longest a platform's 429 pauses a whole channel: a long retry_after that one busy
+# chat earned must not stop every customer's replies for longer.
+PAUSE_CAP_SECONDS = 60.0
 DUE_HEADS: Select[Any] = (
     select(_HEADS.c.id).order_by(_HEADS.c.id).limit(bindparam("limit", type_=Integer)))
 
@@ -229,10 +234,45 @@ class OutboxDispatcher:
         self._jitter = jitter
         self._wake = asyncio.Event()
         self._wakes: dict[str, asyncio.Event] = {}  # one per channel loop of run()
+        # Channels whose platform asked to wait (a 429 with retry_after): until when. As
+        # python-telegram-bot's own rate limiter does, nothing new is sent on the channel
+        # meanwhile, so that many sends in flight meet a flood limit once rather than each
+        # using up attempts on it; the sends under way finish, outcomes are still written.
+        self._paused_until: dict[str, datetime] = {}
         # Told about every message that could not be delivered, or is held until the
         # customer writes again (the service tells the conversation's agents); nothing
         # fails silently.
         self.on_failed: Callable[[OutboxItem, str, str], Awaitable[None]] | None = None
+
+    def _pause(self, channel: str, outcome: _Outcome) -> None:
+        """The platform asked to wait (a 429 with ``retry_after``): nothing new is sent
+        on the channel until then, at most ``PAUSE_CAP_SECONDS`` (the refused row itself
+        waits its whole ``retry_after``)."""
+        if outcome.retry_after is None or outcome.retry_after <= 0:
+            return
+        seconds = min(outcome.retry_after, PAUSE_CAP_SECONDS)
+        until = outcome.now + timedelta(seconds=seconds)
+        current = self._paused_until.get(channel)
+        if current is None:
+            log.warning("outbox: %s asked to wait %.1f s; sending nothing more on it until "
+                        "then", channel, seconds)
+            metrics.paused(channel, True)
+        if current is None or until > current:
+            self._paused_until[channel] = until
+
+    def pause_left(self, channel: str) -> float:
+        """Seconds the channel still waits for its platform (0: not paused); a pause that
+        is over ends here."""
+        until = self._paused_until.get(channel)
+        if until is None:
+            return 0.0
+        left = (until - self.clock.now()).total_seconds()
+        if left > 0:
+            return left
+        del self._paused_until[channel]
+        metrics.paused(channel, False)
+        log.info("outbox: sending on %s again", channel)
+        return 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -243,7 +283,8 @@ class OutboxDispatcher:
         """Ids of due rows that are the oldest pending row of their chat. A row scheduled
         for later and never tried (a proactive message waiting out quiet hours) does not
         hold back the chat's replies; a row being retried does, to keep the order."""
-        channels = [channel] if channel else list(self.channels)
+        channels = [c for c in ([channel] if channel else self.channels)
+                    if self.pause_left(c) == 0]
         if not channels:
             return []
         async with self.db.engine.connect() as connection:
@@ -251,18 +292,23 @@ class OutboxDispatcher:
                 "now": self.clock.now(), "channels": channels, "limit": limit})
             return list(result.scalars())
 
-    async def dispatch_due(self, limit: int | None = None) -> int:
-        """Send everything that is due now, one row at a time in id order (replay, chat and
-        the web chat's request, whose output is deterministic); returns how many rows were
-        delivered. At most ``limit`` (default ``[outbox] batch_size``) ids are held at once."""
+    async def dispatch_due(self, limit: int | None = None, channel: str | None = None) -> int:
+        """Send everything that is due now (of ``channel`` only, given one), one row at a
+        time in id order (replay, chat and the web chat's request, whose output is
+        deterministic); returns how many rows were delivered. At most ``limit`` (default
+        ``[outbox] batch_size``) ids are held at once. A channel whose platform asked to
+        wait (``serve``'s pause) is left alone until then."""
         limit = limit or self.settings.batch_size
         delivered = 0
         while True:
-            heads = await self._due_heads(limit)
+            heads = await self._due_heads(limit, channel)
             progressed = 0
+            pauses = len(self._paused_until)
             for outbox_id in heads:
                 if await self._deliver(outbox_id):
                     progressed += 1
+                if len(self._paused_until) > pauses:
+                    break  # a platform asked to wait: heads again, without its channel
             delivered += progressed
             if not heads or progressed == 0:
                 return delivered
@@ -320,6 +366,7 @@ class OutboxDispatcher:
         if item is None:
             return False
         outcome = await self._send(item)
+        self._pause(item.channel, outcome)
         await self._write_outcomes([outcome])
         await self._report(outcome)
         return outcome.status == "sent"
@@ -488,14 +535,8 @@ class OutboxDispatcher:
         # SQLite: while the claims come back short (idle, or a reply now and then), look
         # before claiming, so an idle loop takes no write lock (see _claim_due).
         idle = True
-        # The platform asked to wait (a 429 with retry_after): until then nothing new is
-        # sent on this channel, as python-telegram-bot's own rate limiter does, so that
-        # many sends in flight meet a flood limit once rather than each using up
-        # attempts on it. The sends under way finish; outcomes are still written.
-        paused_until: datetime | None = None
 
         def done(outbox_id: int, task: asyncio.Task[_Outcome]) -> None:
-            nonlocal paused_until
             in_flight.pop(outbox_id, None)
             wake.set()  # write the outcome; the chat's next reply may be due then
             if task.cancelled():
@@ -506,27 +547,7 @@ class OutboxDispatcher:
                 return
             outcome = task.result()
             finished.append(outcome)
-            if outcome.retry_after is not None and outcome.retry_after > 0:
-                until = outcome.now + timedelta(seconds=outcome.retry_after)
-                if paused_until is None or until > paused_until:
-                    if paused_until is None:
-                        log.warning("outbox: %s asked to wait %.1f s; sending nothing more "
-                                    "on it until then", channel, outcome.retry_after)
-                    paused_until = until
-                    metrics.paused(channel, True)
-
-        def pause_left() -> float:
-            """Seconds this channel still waits for its platform (0: not paused)."""
-            nonlocal paused_until
-            if paused_until is None:
-                return 0.0
-            left = (paused_until - self.clock.now()).total_seconds()
-            if left <= 0:
-                log.info("outbox: sending on %s again", channel)
-                paused_until = None
-                metrics.paused(channel, False)
-                return 0.0
-            return left
+            self._pause(channel, outcome)
 
         async def turn() -> None:
             """A function of its own so that nothing of a turn (the rows written and
@@ -536,7 +557,7 @@ class OutboxDispatcher:
             # finishing during the turn moves from in_flight to finished and keeps its slot
             # (and its row, busy) until the next turn writes it.
             free = min(self.settings.concurrency - len(in_flight), self.settings.batch_size)
-            if pause_left() > 0:
+            if self.pause_left(channel) > 0:
                 free = 0
             claimed, written = await self._turn(channel, finished, free, busy=list(in_flight),
                                                 look_first=idle and self.db.is_sqlite)
@@ -554,9 +575,11 @@ class OutboxDispatcher:
                 wake.clear()  # before looking, so a wake-up meanwhile is not lost
                 await turn()
                 # Until a send finishes, a reply is queued, the poll for retries, or the
-                # end of a pause.
+                # end of a pause (a pause that ended during the turn: claim at once).
                 timeout = self.settings.poll_seconds
-                if (left := pause_left()) > 0:
+                if channel in self._paused_until:
+                    if (left := self.pause_left(channel)) == 0:
+                        continue
                     timeout = min(timeout, left)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=timeout)
@@ -564,5 +587,5 @@ class OutboxDispatcher:
             if in_flight:  # let the sends under way finish and record their outcome
                 await asyncio.gather(*in_flight.values(), return_exceptions=True)
             await self._record(channel, finished)
-            if paused_until is not None:
+            if self._paused_until.pop(channel, None) is not None:
                 metrics.paused(channel, False)

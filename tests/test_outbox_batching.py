@@ -263,6 +263,42 @@ async def test_a_platform_asking_to_wait_pauses_the_whole_channel(
     assert sum(r.attempts for r in await rows(service)) == 41  # one refused attempt
 
 
+async def test_dispatch_due_leaves_a_channel_alone_while_its_platform_asks_to_wait(
+        service: Service, clock: ManualClock) -> None:
+    """``dispatch_due`` (the web chat's request, replay) keeps the pause too: after a 429
+    it sends nothing more to that platform until the pause is over, while other
+    channels' replies go; and it can be kept to one channel."""
+    telegram, other = Platform(), Platform(name="other")
+    dispatcher = OutboxDispatcher(service.db, clock, {"telegram": telegram, "other": other},
+                                  OutboxSettings())
+    ids = await queue(service, chats=3, per_chat=1)
+    await queue(service, chats=2, per_chat=1, channel="other")
+    telegram.failures[min(ids)] = TemporaryDeliveryError("429", retry_after=30)
+    assert await dispatcher.dispatch_due(channel="telegram") == 0
+    assert telegram.started == 1 and other.started == 0  # kept to its channel
+    assert await dispatcher.dispatch_due() == 2  # the other platform's; telegram waits
+    assert (telegram.started, len(other.sent)) == (1, 2)
+    assert REGISTRY.get_sample_value("supportbot_outbox_paused", {"channel": "telegram"}) == 1
+    clock.advance(timedelta(seconds=31))
+    assert await dispatcher.dispatch_due() == 3
+    assert [d.outbox_id for d in telegram.sent] == sorted(ids)
+    assert REGISTRY.get_sample_value("supportbot_outbox_paused", {"channel": "telegram"}) == 0
+
+
+async def test_a_pause_is_cut_at_a_minute(service: Service, clock: ManualClock) -> None:
+    """A long retry_after (one chat's flood penalty) pauses the channel a minute at most;
+    the refused reply itself waits all of it."""
+    platform = Platform()
+    dispatcher = OutboxDispatcher(service.db, clock, {"telegram": platform}, OutboxSettings())
+    ids = await queue(service, chats=2, per_chat=1)
+    platform.failures[min(ids)] = TemporaryDeliveryError("429", retry_after=3600)
+    assert await dispatcher.dispatch_due() == 0
+    assert dispatcher.pause_left("telegram") == 60
+    clock.advance(timedelta(seconds=61))
+    assert await dispatcher.dispatch_due() == 1  # the other chat's; the refused one waits
+    assert [d.outbox_id for d in platform.sent] == [max(ids)]
+
+
 async def test_two_dispatchers_on_one_database_send_each_reply_once_in_order(
         service: Service, clock: ManualClock) -> None:
     log: list[Delivery] = []

@@ -335,14 +335,14 @@ async def test_the_channel_s_bot_uses_it_for_sending_and_polling(api: BotApi) ->
     assert [c["method"] for c in api.calls] == ["getMe", "getUpdates", "sendMessage"]
 
 
-def test_the_channel_has_a_connection_per_send_in_flight_and_some_to_spare() -> None:
+def test_the_channel_has_a_connection_per_send_in_flight_and_room_for_the_webhook() -> None:
     from bot.channels import build_channels
 
     settings = load_settings(None, telegram={"token": TOKEN, "mode": "polling"},
                              outbox={"concurrency": 30})
     channel = build_channels(settings, db=None, clock=None, agent_texts={},  # type: ignore[arg-type]
                              calendar=None)["telegram"]  # type: ignore[arg-type]
-    assert channel.bot._request[1]._pool_size == 34  # type: ignore[attr-defined]
+    assert channel.bot._request[1]._pool_size == 45  # type: ignore[attr-defined]
 
 
 async def test_a_proxy_from_the_environment_is_used(api: BotApi,

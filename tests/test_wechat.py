@@ -239,6 +239,23 @@ async def test_an_expired_token_is_refreshed_once(wechat: Wechat) -> None:
     assert wechat.stub.tokens_issued == 2
 
 
+async def test_sends_in_flight_refused_for_one_expired_token_force_one_refresh(
+        wechat: Wechat) -> None:
+    """Sixteen sends at once (the outbox's default concurrency) meet an expired token: the
+    first refused forces a refresh, the others use the token it got. Forcing one each
+    would invalidate the token the one before fetched, and most sends would fail."""
+    from bot.channels.base import Delivery
+
+    channel = wechat.service.outbox.channels["wechat"]
+    await channel.send(Delivery(0, "oUser7", "warm", "reply", "customer"))
+    wechat.stub.current_token = "rotated-elsewhere"
+    await asyncio.gather(*(channel.send(Delivery(n, f"oUser7-{n}", f"reply {n}", "reply",
+                                                 "customer")) for n in range(16)))
+    assert sorted(d["touser"] for d in wechat.stub.sent[1:]) == sorted(
+        f"oUser7-{n}" for n in range(16))
+    assert wechat.stub.tokens_issued == 2
+
+
 async def test_outside_48_hours_the_reply_waits_for_the_customer_and_agents_are_told(
         wechat: Wechat) -> None:
     from bot.types import Reply

@@ -29,9 +29,11 @@ def build_channels(settings: Settings, *, db: Database, clock: Clock,
     if settings.telegram.enabled:
         from bot.channels.telegram import TelegramChannel
 
-        # A connection per send in flight, and a few for the other calls (files).
+        # A connection per send in flight, and room for the webhook's own calls (answers
+        # to button presses, refusals), which come as many at once as Telegram sends.
+        concurrency = settings.outbox.concurrency
         channels[TelegramChannel.name] = TelegramChannel(
-            settings.telegram, connections=settings.outbox.concurrency + 4)
+            settings.telegram, connections=concurrency + max(8, concurrency // 2))
     if settings.wechat.enabled:
         from bot.channels.wechat import WechatChannel
 

@@ -72,8 +72,8 @@ def delivery_error(exc: TelegramError) -> Exception:
 
 def build_bot(settings: TelegramSettings, connections: int = 16) -> Bot:
     """``connections``: the most Bot API calls at once (the outbox's sends in flight and
-    a few more for the rest, files say); a call waiting for a free one longer than the
-    pool timeout (1 s) fails as a temporary error."""
+    the webhook's own calls); a call waiting for a free one longer than the pool timeout
+    (1 s) fails as a temporary error."""
     assert settings.token is not None
     base = settings.api_base_url.rstrip("/")
     return Bot(settings.token.get_secret_value(), base_url=f"{base}/bot",

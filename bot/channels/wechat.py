@@ -73,8 +73,14 @@ class WechatApi:
         self._expires = 0.0
         self._lock = asyncio.Lock()
 
-    async def access_token(self, refresh: bool = False) -> str:
+    async def access_token(self, refused: str | None = None) -> str:
+        """The cached token, fetched when there is none or it is about to expire; with
+        ``refused`` (a token WeChat refused), a new one unless the cache already holds
+        another: of several sends in flight refused at once, only the first forces a
+        refresh (each forced refresh invalidates the token the one before got, and WeChat
+        limits them), the others use its token."""
         async with self._lock:
+            refresh = refused is not None and refused == self._token
             if refresh or self._token is None or time.monotonic() >= self._expires:
                 assert self.settings.app_secret is not None
                 response = await self.client.post("/cgi-bin/stable_token", json={
@@ -91,8 +97,9 @@ class WechatApi:
             return self._token
 
     async def send_text(self, open_id: str, content: str) -> dict[str, Any]:
+        refused: str | None = None
         for attempt in range(2):
-            token = await self.access_token(refresh=attempt > 0)
+            token = await self.access_token(refused)
             response = await self.client.post(
                 "/cgi-bin/message/custom/send", params={"access_token": token},
                 json={"touser": open_id, "msgtype": "text", "text": {"content": content}})
@@ -103,6 +110,7 @@ class WechatApi:
             if code == 0:
                 return data
             if code in TOKEN_ERRORS and attempt == 0:
+                refused = token
                 continue
             message = f"wechat: {code} {data.get('errmsg', '')}".strip()
             if code in WINDOW_CLOSED:

@@ -92,7 +92,9 @@ def build_router(service: Service) -> APIRouter:
             status = 413 if exc.reason.startswith("message is longer") else 422
             return _error(status, templates.render(exc.template, lang, **exc.values),
                           _code(exc.reason))
-        await service.outbox.dispatch_due()
+        # The web chat's own replies, for this answer; other channels' rows (an agents'
+        # notice) are the serve loop's, which keeps their platforms' pauses.
+        await service.outbox.dispatch_due(channel=CHANNEL)
         raw_after = data.get("after")
         after = raw_after if isinstance(raw_after, int) and not isinstance(raw_after, bool) else 0
         return JSONResponse({"messages": await history(chat, after)})
