@@ -302,15 +302,20 @@ class OutboxDispatcher:
         delivered = 0
         while True:
             heads = await self._due_heads(limit, channel)
-            progressed = 0
-            pauses = len(self._paused_until)
+            progressed, paused = 0, False
             for outbox_id in heads:
-                if await self._deliver(outbox_id):
+                outcome = await self._deliver(outbox_id)
+                if outcome is None:
+                    continue
+                if outcome.status == "sent":
                     progressed += 1
-                if len(self._paused_until) > pauses:
-                    break  # a platform asked to wait: heads again, without its channel
+                if outcome.item.channel in self._paused_until:
+                    # The platform asked to wait: the heads again, without its channel
+                    # (each pause takes one channel out, so this ends).
+                    paused = True
+                    break
             delivered += progressed
-            if not heads or progressed == 0:
+            if not heads or (progressed == 0 and not paused):
                 return delivered
 
     async def _claim(self, outbox_id: int) -> OutboxItem | None:
@@ -360,16 +365,17 @@ class OutboxDispatcher:
     def _lease_end(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.settings.lease_seconds)
 
-    async def _deliver(self, outbox_id: int) -> bool:
-        """One row's attempt for ``dispatch_due``: claim, send, write the outcome, report."""
+    async def _deliver(self, outbox_id: int) -> _Outcome | None:
+        """One row's attempt for ``dispatch_due``: claim, send, write the outcome, report.
+        None when the row was not claimed (delivered or claimed meanwhile)."""
         item = await self._claim(outbox_id)
         if item is None:
-            return False
+            return None
         outcome = await self._send(item)
         self._pause(item.channel, outcome)
         await self._write_outcomes([outcome])
         await self._report(outcome)
-        return outcome.status == "sent"
+        return outcome
 
     async def _send(self, item: OutboxItem) -> _Outcome:
         """Hand a claimed row to its platform and work out what its row becomes; no

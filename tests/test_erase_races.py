@@ -32,6 +32,7 @@ from tests.test_data_rights import ANNA, dump, load
 
 CONVERSATIONS = re.compile(r"\bconversations\b")
 CONTACTS = re.compile(r"\bcontacts\b")
+BOTH_UPDATED = re.compile(r"UPDATE contacts\b.*UPDATE conversations\b", re.DOTALL)
 
 
 @pytest.fixture(autouse=True)
@@ -44,12 +45,15 @@ def postgresql_run() -> None:
 class PauseBeforeConversation:
     """Holds the transaction that stores a message of ``chat`` just before its first
     statement on ``conversations`` after the one on ``contacts``: the contact is locked
-    (read ``FOR UPDATE`` or updated), the conversation not yet."""
+    (read ``FOR UPDATE`` or updated), the conversation not yet. Where one statement
+    updates both (the pipeline's admission on PostgreSQL: the contact, then the
+    conversation), just after it: both are locked, in that order."""
 
     def __init__(self, service: Service, chat: str) -> None:
         self.engine = service.db.engine.sync_engine
         self.chat = chat
         self.connection: Any = None
+        self.both_locked = False
         self.paused, self.release = asyncio.Event(), asyncio.Event()
 
     def _before_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any,
@@ -59,7 +63,8 @@ class PauseBeforeConversation:
         if self.connection is None:
             if CONTACTS.search(statement) and self.chat in repr(parameters):
                 self.connection = conn  # the message's transaction reached its contact
-        elif conn is self.connection and CONVERSATIONS.search(statement):
+                self.both_locked = bool(BOTH_UPDATED.search(statement))
+        elif conn is self.connection and (self.both_locked or CONVERSATIONS.search(statement)):
             self.paused.set()
             await_only(self.release.wait())  # the statement runs once released
 

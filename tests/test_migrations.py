@@ -3,7 +3,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from bot.db.database import Database, alembic_config
 from bot.db.models import Base
@@ -26,6 +26,57 @@ async def test_migrations_build_exactly_the_models(database_url: str) -> None:
         assert set(Base.metadata.tables) <= tables
         head = ScriptDirectory.from_config(alembic_config()).get_current_head()
         assert await db.current_revision() == head
+    finally:
+        await db.dispose()
+
+
+def _downgrade(connection: object, revision: str) -> None:
+    from alembic import command
+
+    cfg = alembic_config()
+    cfg.attributes["connection"] = connection
+    command.downgrade(cfg, revision)
+
+
+async def test_dropping_last_outbound_at_keeps_the_conversations_and_their_messages(
+        database_url: str) -> None:
+    """Migration 0006 on a database in use (SQLite: the default, migrated at start): the
+    conversations, their messages and the foreign keys between them stay; downgraded, the
+    column comes back filled from the latest outbound message."""
+    db = Database(database_url)
+    try:
+        await db.upgrade("0005")
+        async with db.engine.begin() as connection:
+            await connection.execute(text(
+                "INSERT INTO contacts (id, channel, chat, created_at, verify_failures) "
+                "VALUES (1, 'telegram', 'c1', '2026-01-01', 0)"))
+            await connection.execute(text(
+                "INSERT INTO conversations (id, contact_id, channel, chat, status, "
+                "language_locked, priority, flow_state, misses, context, created_at, "
+                "updated_at) VALUES (1, 1, 'telegram', 'c1', 'open', false, 'normal', '{}', "
+                "0, '{}', '2026-01-01', '2026-01-01')"))
+            await connection.execute(text(
+                "INSERT INTO messages (conversation_id, direction, sender, channel, audience, "
+                "text, entities, urgent, attachments, created_at) VALUES "
+                "(1, 'in', 'customer', 'telegram', 'customer', 'hi', '{}', false, '[]', "
+                "'2026-01-01 10:00:00'), (1, 'out', 'bot', 'telegram', 'customer', 'hello', "
+                "'{}', false, '[]', '2026-01-01 10:00:01')"))
+        await db.upgrade()
+        async with db.engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("conversations")})
+            messages = (await connection.execute(text(
+                "SELECT count(*) FROM messages JOIN conversations ON conversations.id = "
+                "messages.conversation_id"))).scalar()
+        assert "last_outbound_at" not in columns and messages == 2
+        async with db.engine.begin() as connection:
+            await connection.run_sync(_downgrade, "0005")
+        async with db.engine.connect() as connection:
+            last = (await connection.execute(text(
+                "SELECT last_outbound_at FROM conversations"))).scalar()
+        assert str(last).startswith("2026-01-01 10:00:01")
+        await db.upgrade()
+        assert await db.current_revision() == "0006"
     finally:
         await db.dispose()
 

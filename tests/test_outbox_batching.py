@@ -279,10 +279,23 @@ async def test_dispatch_due_leaves_a_channel_alone_while_its_platform_asks_to_wa
     assert await dispatcher.dispatch_due() == 2  # the other platform's; telegram waits
     assert (telegram.started, len(other.sent)) == (1, 2)
     assert REGISTRY.get_sample_value("supportbot_outbox_paused", {"channel": "telegram"}) == 1
+    assert await dispatcher.dispatch_due() == 0  # still waiting
     clock.advance(timedelta(seconds=31))
     assert await dispatcher.dispatch_due() == 3
     assert [d.outbox_id for d in telegram.sent] == sorted(ids)
     assert REGISTRY.get_sample_value("supportbot_outbox_paused", {"channel": "telegram"}) == 0
+
+
+async def test_dispatch_due_goes_on_with_the_other_channels_after_a_429(
+        service: Service, clock: ManualClock) -> None:
+    telegram, other = Platform(), Platform(name="other")
+    dispatcher = OutboxDispatcher(service.db, clock, {"telegram": telegram, "other": other},
+                                  OutboxSettings())
+    ids = await queue(service, chats=3, per_chat=1)  # first by id: telegram's
+    await queue(service, chats=2, per_chat=1, channel="other")
+    telegram.failures[min(ids)] = TemporaryDeliveryError("429", retry_after=30)
+    assert await dispatcher.dispatch_due() == 2
+    assert (telegram.started, len(other.sent)) == (1, 2)
 
 
 async def test_a_pause_is_cut_at_a_minute(service: Service, clock: ManualClock) -> None:
@@ -601,13 +614,15 @@ async def test_an_outcome_is_not_written_over_a_later_attempt(
     late_success = await dispatcher._send(stale)  # sent, but its outcome arrives late
     clock.advance(timedelta(seconds=SETTINGS.lease_seconds + 1))
     platform.failures[outbox_id] = TemporaryDeliveryError("502")
-    assert not await dispatcher._deliver(outbox_id)  # the later attempt: to be retried
+    retried = await dispatcher._deliver(outbox_id)  # the later attempt: to be retried
+    assert retried is not None and retried.status == "pending"
     await dispatcher._write_outcomes([late_success])
     (row,) = await rows(service)
     assert (row.status, row.attempts, row.last_error) == ("pending", 2, "502")
 
     clock.advance(timedelta(hours=1))
-    assert await dispatcher._deliver(outbox_id)  # the next attempt: sent
+    sent = await dispatcher._deliver(outbox_id)  # the next attempt: sent
+    assert sent is not None and sent.status == "sent"
     late_failure = dataclasses.replace(late_success, values={
         "status": "failed", "last_error": "late"})
     await dispatcher._write_outcomes([late_failure])

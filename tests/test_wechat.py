@@ -228,7 +228,9 @@ async def test_the_slow_path_through_the_callback_answers_success(wechat: Wechat
     assert (response.status_code, response.text) == (200, "success")
 
 
-async def test_an_expired_token_is_refreshed_once(wechat: Wechat) -> None:
+async def test_a_token_renewed_elsewhere_is_picked_up_without_forcing(wechat: Wechat) -> None:
+    """Another process renewed the stable token (ours is refused): ours is fetched again
+    without forcing, which would invalidate that process's token in turn."""
     from bot.channels.base import Delivery
 
     channel = wechat.service.outbox.channels["wechat"]
@@ -236,24 +238,44 @@ async def test_an_expired_token_is_refreshed_once(wechat: Wechat) -> None:
     wechat.stub.current_token = "rotated-elsewhere"  # our cached token is no longer valid
     await channel.send(Delivery(0, "oUser6", "second", "reply", "customer"))
     assert wechat.stub.texts_to("oUser6") == ["first", "second"]
-    assert wechat.stub.tokens_issued == 2
+    assert (wechat.stub.tokens_issued, wechat.stub.forced_refreshes) == (1, 0)
 
 
-async def test_sends_in_flight_refused_for_one_expired_token_force_one_refresh(
+async def test_sends_in_flight_refused_for_one_token_force_one_refresh(
         wechat: Wechat) -> None:
-    """Sixteen sends at once (the outbox's default concurrency) meet an expired token: the
-    first refused forces a refresh, the others use the token it got. Forcing one each
-    would invalidate the token the one before fetched, and most sends would fail."""
+    """Sixteen sends at once (the outbox's default concurrency) are refused for a token
+    the stable-token API still hands out: the first forces a refresh, the others use the
+    token it got. Forcing one each would invalidate the token the one before fetched,
+    and most sends would fail."""
     from bot.channels.base import Delivery
 
     channel = wechat.service.outbox.channels["wechat"]
     await channel.send(Delivery(0, "oUser7", "warm", "reply", "customer"))
-    wechat.stub.current_token = "rotated-elsewhere"
+    wechat.stub.errors = [40001] * 16  # revoked, though still the current one
     await asyncio.gather(*(channel.send(Delivery(n, f"oUser7-{n}", f"reply {n}", "reply",
                                                  "customer")) for n in range(16)))
     assert sorted(d["touser"] for d in wechat.stub.sent[1:]) == sorted(
         f"oUser7-{n}" for n in range(16))
-    assert wechat.stub.tokens_issued == 2
+    assert (wechat.stub.tokens_issued, wechat.stub.forced_refreshes) == (2, 1)
+
+
+async def test_two_processes_do_not_take_turns_forcing_refreshes(wechat: Wechat) -> None:
+    """Two serve processes, each with its own cache, after the token changed: neither
+    forces a refresh (each would invalidate the other's token, send after send)."""
+    from bot.channels.wechat import WechatApi
+
+    apis = [WechatApi(wechat.service.settings.wechat) for _ in range(2)]
+    try:
+        for api in apis:
+            await api.send_text("o", "warm")
+        wechat.stub.current_token = "rotated-elsewhere"
+        for n in range(10):  # the processes' sends alternate
+            await apis[n % 2].send_text("o", f"reply {n}")
+        assert wechat.stub.forced_refreshes == 0
+        assert wechat.stub.texts_to("o") == ["warm", "warm"] + [f"reply {n}" for n in range(10)]
+    finally:
+        for api in apis:
+            await api.close()
 
 
 async def test_outside_48_hours_the_reply_waits_for_the_customer_and_agents_are_told(

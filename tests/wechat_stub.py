@@ -23,6 +23,7 @@ ACCOUNT = "gh_0123456789ab"  # the Official Account's original id
 class WechatStub:
     def __init__(self) -> None:
         self.tokens_issued = 0
+        self.forced_refreshes = 0
         self.current_token = ""
         self.sent: list[dict[str, Any]] = []
         self.attempts: list[dict[str, Any]] = []
@@ -46,6 +47,7 @@ class WechatStub:
         data = await request.json()
         if (data.get("appid"), data.get("secret")) != (APP_ID, APP_SECRET):
             return web.json_response({"errcode": 40013, "errmsg": "invalid appid"})
+        self.forced_refreshes += bool(data.get("force_refresh"))
         if not self.current_token or data.get("force_refresh"):
             self.tokens_issued += 1
             self.current_token = f"ACCESS-{self.tokens_issued}"

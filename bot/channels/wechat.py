@@ -74,27 +74,37 @@ class WechatApi:
         self._lock = asyncio.Lock()
 
     async def access_token(self, refused: str | None = None) -> str:
-        """The cached token, fetched when there is none or it is about to expire; with
-        ``refused`` (a token WeChat refused), a new one unless the cache already holds
-        another: of several sends in flight refused at once, only the first forces a
-        refresh (each forced refresh invalidates the token the one before got, and WeChat
-        limits them), the others use its token."""
+        """The cached token, fetched when there is none or it is about to expire. With
+        ``refused`` (a token WeChat refused): the cache's token if it already holds
+        another (a send refused at the same time renewed it), else the stable token
+        without forcing (another process may have renewed it: forcing would invalidate
+        that one in turn, and WeChat limits forced refreshes), forced only when that is
+        the refused token still."""
         async with self._lock:
-            refresh = refused is not None and refused == self._token
-            if refresh or self._token is None or time.monotonic() >= self._expires:
-                assert self.settings.app_secret is not None
-                response = await self.client.post("/cgi-bin/stable_token", json={
-                    "grant_type": "client_credential", "appid": self.settings.app_id,
-                    "secret": self.settings.app_secret.get_secret_value(),
-                    "force_refresh": refresh})
-                data = response.json()
-                if "access_token" not in data:
-                    raise TemporaryDeliveryError(f"wechat: no access token: {data.get('errcode')} "
-                                                 f"{data.get('errmsg')}")
-                self._token = str(data["access_token"])
-                # Renew five minutes early: a token must not expire between check and use.
-                self._expires = time.monotonic() + max(60, int(data.get("expires_in", 7200)) - 300)
+            stale = self._token is None or time.monotonic() >= self._expires
+            if refused is not None and refused != self._token and not stale:
+                assert self._token is not None
+                return self._token
+            if refused is not None or stale:
+                token = await self._fetch_token(force=False)
+                if token == refused:
+                    token = await self._fetch_token(force=True)
+            assert self._token is not None
             return self._token
+
+    async def _fetch_token(self, force: bool) -> str:
+        assert self.settings.app_secret is not None
+        response = await self.client.post("/cgi-bin/stable_token", json={
+            "grant_type": "client_credential", "appid": self.settings.app_id,
+            "secret": self.settings.app_secret.get_secret_value(), "force_refresh": force})
+        data = response.json()
+        if "access_token" not in data:
+            raise TemporaryDeliveryError(f"wechat: no access token: {data.get('errcode')} "
+                                         f"{data.get('errmsg')}")
+        self._token = str(data["access_token"])
+        # Renew five minutes early: a token must not expire between check and use.
+        self._expires = time.monotonic() + max(60, int(data.get("expires_in", 7200)) - 300)
+        return self._token
 
     async def send_text(self, open_id: str, content: str) -> dict[str, Any]:
         refused: str | None = None

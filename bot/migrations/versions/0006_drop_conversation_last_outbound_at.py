@@ -23,12 +23,15 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('conversations', schema=None) as batch_op:
+    # SQLite: its own DROP COLUMN (3.35+, which the outbox's claim needs anyway), not
+    # batch mode's copy of the table: dropping the old table would fail the foreign keys
+    # of every message (the connections run with foreign_keys=ON).
+    with op.batch_alter_table('conversations', schema=None, recreate='never') as batch_op:
         batch_op.drop_column('last_outbound_at')
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('conversations', schema=None) as batch_op:
+    with op.batch_alter_table('conversations', schema=None, recreate='never') as batch_op:
         batch_op.add_column(sa.Column('last_outbound_at', bot.db.models.UTCDateTime(),
                                       nullable=True))
     # Filled again from the messages, as it would have been written.
