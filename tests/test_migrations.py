@@ -76,7 +76,25 @@ async def test_dropping_last_outbound_at_keeps_the_conversations_and_their_messa
                 "SELECT last_outbound_at FROM conversations"))).scalar()
         assert str(last).startswith("2026-01-01 10:00:01")
         await db.upgrade()
-        assert await db.current_revision() == "0006"
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        assert await db.current_revision() == head
+    finally:
+        await db.dispose()
+
+
+async def test_the_unprocessed_messages_index_holds_only_those(database_url: str) -> None:
+    """Partial (migration 0007): a full index of messages by direction let PostgreSQL read
+    every inbound message's entry for each new message's rate-limit count."""
+    db = Database(database_url)
+    try:
+        await db.upgrade()
+        query = ("SELECT sql FROM sqlite_master WHERE name = 'ix_messages_unprocessed'"
+                 if db.is_sqlite else "SELECT indexdef FROM pg_indexes WHERE indexname = "
+                 "'ix_messages_unprocessed'")
+        async with db.engine.connect() as connection:
+            definition = (await connection.execute(text(query))).scalar_one()
+        assert "processed_at IS NULL" in definition, definition
+        assert "(direction, id)" in definition.replace('"', ""), definition
     finally:
         await db.dispose()
 
