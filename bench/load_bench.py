@@ -582,7 +582,7 @@ def row(result: RunResult, rss_mb: list[float], cpu_ms: list[float]) -> str:
             f"{1000 * percentile(result.http, 0.5):>8.0f} "
             f"{1000 * percentile(result.http, 0.99):>8.0f} "
             f"{'/'.join(f'{m:.0f}' for m in rss_mb):>12} "
-            f"{'/'.join(f'{c:.0f}' for c in cpu_ms):>12}"
+            f"{'/'.join(f'{c:.1f}' for c in cpu_ms):>12}"
             + (f"   ({', '.join(problems)})" if problems else ""))
 
 

@@ -128,3 +128,27 @@ def test_config_errors_never_show_the_telegram_token(tmp_path: Path, config: str
     assert key in output
     assert SECRET not in output
     assert "Traceback" not in output
+
+
+async def test_serve_hides_what_it_loaded_at_start_from_the_garbage_collector(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Knowledge, classifier and libraries live as long as the process: frozen before the
+    first request, they are not walked by every full collection under load."""
+    import gc
+
+    from bot.config import load_settings
+    from bot.web import server
+
+    frozen: list[int] = []
+
+    async def serve_nothing(self: object) -> None:
+        frozen.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(server._Server, "serve", serve_nothing)
+    settings = load_settings(None, database={"url": f"sqlite:///{tmp_path}/gc.db"},
+                             scheduler={"enabled": False})
+    try:
+        await server.serve(settings, "127.0.0.1", 0)
+    finally:
+        gc.unfreeze()
+    assert frozen and frozen[0] > 10_000

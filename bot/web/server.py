@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -41,6 +42,10 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     service = await Service.start(settings)
     try:
         app = create_app(service)
+        # What is loaded by now (knowledge, classifier, libraries) lives as long as the
+        # process: out of the garbage collector's sight, so that its full collections,
+        # which run every so often under load, do not walk it (30 ms each otherwise).
+        gc.freeze()
         server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                         access_log=False))
         log.info("web chat at http://%s:%d/", host, port)
