@@ -325,7 +325,7 @@ class OutboxDispatcher:
         now = self.clock.now()
         # Core, not the ORM session: a third of the cost, and the dispatcher does this for
         # every reply. The row comes back detached, as a plain OutboxItem.
-        async with self.db.engine.begin() as connection:
+        async with self.db.writing(), self.db.engine.begin() as connection:
             claimed = (await connection.execute(CLAIM_ONE, {
                 "outbox_id": outbox_id, "now": now, "lease_end": self._lease_end(now)})).first()
         if claimed is None:
@@ -356,6 +356,7 @@ class OutboxDispatcher:
                       "limit": limit, "busy": list(busy)}
         async with contextlib.AsyncExitStack() as stack:
             if connection is None:
+                await stack.enter_async_context(self.db.writing())
                 connection = await stack.enter_async_context(self.db.engine.begin())
             rows = (await connection.execute(CLAIM_DUE, parameters)).all()
         items = [OutboxItem(**row._mapping) for row in rows]
@@ -441,6 +442,7 @@ class OutboxDispatcher:
             return
         async with contextlib.AsyncExitStack() as stack:
             if connection is None:
+                await stack.enter_async_context(self.db.writing())
                 connection = await stack.enter_async_context(self.db.engine.begin())
             for params in groups.values():
                 await connection.execute(MARK, params)
@@ -488,7 +490,7 @@ class OutboxDispatcher:
         claimed: list[OutboxItem] = []
         written = False
         try:
-            async with self.db.engine.begin() as connection:
+            async with self.db.writing(), self.db.engine.begin() as connection:
                 await self._write_outcomes(batch, connection)
                 written = True
                 if free > 0:

@@ -388,7 +388,7 @@ class Pipeline:
         text = clean_text(inbound.text, self.settings.limits.max_message_chars)
         now = self.clock.now()
         try:
-            async with self.db.sessions.begin() as session:
+            async with self.db.writing(), self.db.sessions.begin() as session:
                 connection = await session.connection()  # Core: no ORM execution to set up
                 admission = await self._admit(connection, inbound, now)
                 if admission.duplicate is not None:
@@ -588,7 +588,7 @@ class Pipeline:
 
     async def process(self, message_id: int) -> Processed:
         now = self.clock.now()
-        async with self.db.sessions.begin() as session:
+        async with self.db.writing(), self.db.sessions.begin() as session:
             if self.db.is_postgres:
                 # Lock order, as storing takes them: the contact, the conversation, then
                 # the message. A redelivery being stored by another process holds the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from alembic import command
@@ -68,9 +69,24 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock: asyncio.Lock | None = None  # SQLite: see writing()
 
     def session(self) -> AsyncSession:
         return self.sessions()
+
+    def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Around the process's busiest write transactions (the pipeline's, the outbox's).
+        SQLite has one writer at a time, and a connection that finds the write lock taken
+        waits in SQLite's busy handler, which sleeps in growing steps (up to 100 ms) and
+        polls again: with a dozen webhooks at once, some waited hundreds of milliseconds
+        after the lock was free. Taking turns on an asyncio lock first, they wait in line
+        and start as soon as the writer before them commits. PostgreSQL: nothing (row
+        locks). Not reentrant: never nested."""
+        if not self.is_sqlite:
+            return contextlib.nullcontext()
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        return self._write_lock
 
     async def check(self, timeout: float = 10.0) -> None:
         """Fail fast, and clearly, when the database is not reachable at start."""
