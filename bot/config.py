@@ -326,8 +326,8 @@ class OutboxSettings(Section):
     # taking longer than 0.8 × lease_seconds is cut off and retried.
     batch_size: int = Field(default=200, ge=1, le=10_000)
     # Sends in flight per channel (serve). With a platform 50-200 ms away, 16 allow 80-320
-    # replies a second per channel (4 allowed 20-80, and held a busy process back: 216 vs
-    # 307-331 messages a second in the load benchmark); a platform's 429 pauses the channel
+    # replies a second per channel (4 allowed 20-80, and held a busy process back: 177-219 vs
+    # 289-331 messages a second in the load benchmark); a platform's 429 pauses the channel
     # for its retry_after (bot/outbox.py), so a rate limit is met once, not per send.
     concurrency: int = Field(default=16, ge=1, le=256)
 
