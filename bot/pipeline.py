@@ -276,6 +276,12 @@ INSERT_CONTACT_PG, INSERT_CONTACT_SQLITE = (
 INSERT_CONVERSATION = insert(Conversation).returning(*Conversation.__table__.columns)
 
 
+def _touch_parameters(inbound: InboundMessage, now: datetime) -> dict[str, object]:
+    """``TOUCH_CONTACT``'s parameters (and ``ADMIT_AND_TOUCH``'s, with the admission's)."""
+    return {"of_channel": inbound.channel, "of_chat": inbound.chat, "now": now,
+            "user_name": inbound.user_name or None, "hint": inbound.language_hint or None}
+
+
 def _column_values(message: Message) -> dict[str, object]:
     """Every column of a pending message, for a Core INSERT: what the message holds, and a
     NOT NULL column's default where it holds nothing (as the ORM's INSERT would)."""
@@ -420,8 +426,7 @@ class Pipeline:
         # would SET it in ADMIT_AND_TOUCH's UPDATEs (tests/test_pipeline.py checks).
         parameters = {"external_id": inbound.external_id,
                       **rate_limit.count_parameters(self.settings.limits, inbound, now),
-                      "now": now, "user_name": inbound.user_name or None,
-                      "hint": inbound.language_hint or None}
+                      **_touch_parameters(inbound, now)}
         if self.db.is_postgres:
             row = (await connection.execute(ADMIT_AND_TOUCH, parameters)).one()
             contact = dict(zip(_CONTACT_KEYS, row[3:3 + len(_CONTACT_KEYS)], strict=True))
@@ -511,10 +516,8 @@ class Pipeline:
             # a time): the other one's transaction created the contact and has committed
             # (the INSERT waited for it). This message joins it, as a chat's next message.
             created = False
-            row = (await connection.execute(TOUCH_CONTACT, {
-                "of_channel": inbound.channel, "of_chat": inbound.chat, "now": now,
-                "user_name": inbound.user_name or None,
-                "hint": inbound.language_hint or None})).mappings().one()
+            row = (await connection.execute(
+                TOUCH_CONTACT, _touch_parameters(inbound, now))).mappings().one()
         return _persistent(session, Contact(), row), created
 
     async def _touched_conversation(self, session: AsyncSession, contact: Contact,
