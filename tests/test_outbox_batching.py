@@ -126,6 +126,11 @@ def per_chat_in_order(log: list[Delivery]) -> dict[str, list[int]]:
     return chats
 
 
+def paused(channel: str = "telegram") -> float | None:
+    """The ``supportbot_outbox_paused`` gauge of the channel."""
+    return REGISTRY.get_sample_value("supportbot_outbox_paused", {"channel": channel})
+
+
 def count_statements(service: Service) -> list[str]:
     statements: list[str] = []
 
@@ -239,9 +244,6 @@ async def test_a_platform_asking_to_wait_pauses_the_whole_channel(
     platform.failures[refused] = TemporaryDeliveryError("429 too many requests",
                                                         retry_after=30)
 
-    def paused() -> float | None:
-        return REGISTRY.get_sample_value("supportbot_outbox_paused", {"channel": "telegram"})
-
     async def refusal_written() -> bool:
         return any(r.id == refused and r.last_error for r in await rows(service))
 
@@ -278,12 +280,12 @@ async def test_dispatch_due_leaves_a_channel_alone_while_its_platform_asks_to_wa
     assert telegram.started == 1 and other.started == 0  # kept to its channel
     assert await dispatcher.dispatch_due() == 2  # the other platform's; telegram waits
     assert (telegram.started, len(other.sent)) == (1, 2)
-    assert REGISTRY.get_sample_value("supportbot_outbox_paused", {"channel": "telegram"}) == 1
+    assert paused() == 1
     assert await dispatcher.dispatch_due() == 0  # still waiting
     clock.advance(timedelta(seconds=31))
     assert await dispatcher.dispatch_due() == 3
     assert [d.outbox_id for d in telegram.sent] == sorted(ids)
-    assert REGISTRY.get_sample_value("supportbot_outbox_paused", {"channel": "telegram"}) == 0
+    assert paused() == 0
 
 
 async def test_dispatch_due_goes_on_with_the_other_channels_after_a_429(

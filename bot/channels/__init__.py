@@ -29,11 +29,8 @@ def build_channels(settings: Settings, *, db: Database, clock: Clock,
     if settings.telegram.enabled:
         from bot.channels.telegram import TelegramChannel
 
-        # A connection per send in flight, and room for the webhook's own calls (answers
-        # to button presses, refusals), which come as many at once as Telegram sends.
-        concurrency = settings.outbox.concurrency
         channels[TelegramChannel.name] = TelegramChannel(
-            settings.telegram, connections=concurrency + max(8, concurrency // 2))
+            settings.telegram, sends_in_flight=settings.outbox.concurrency)
     if settings.wechat.enabled:
         from bot.channels.wechat import WechatChannel
 

@@ -70,6 +70,13 @@ def delivery_error(exc: TelegramError) -> Exception:
     return TemporaryDeliveryError(f"telegram: {exc}")
 
 
+def pool_size_for(sends_in_flight: int) -> int:
+    """Connections for a bot whose outbox has ``sends_in_flight``: one each, and room for
+    the webhook's own calls (answers to button presses, refusals), which come as many at
+    once as Telegram sends."""
+    return sends_in_flight + max(8, sends_in_flight // 2)
+
+
 def build_bot(settings: TelegramSettings, connections: int = 16) -> Bot:
     """``connections``: the most Bot API calls at once (the outbox's sends in flight and
     the webhook's own calls); a call waiting for a free one longer than the pool timeout
@@ -88,9 +95,9 @@ class TelegramChannel:
     name = NAME
 
     def __init__(self, settings: TelegramSettings, bot: Bot | None = None,
-                 connections: int = 16) -> None:
+                 sends_in_flight: int = 16) -> None:
         self.settings = settings
-        self.bot = bot or build_bot(settings, connections)
+        self.bot = bot or build_bot(settings, pool_size_for(sends_in_flight))
         self._ready = False
 
     async def ready(self) -> Bot:

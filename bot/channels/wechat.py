@@ -81,16 +81,13 @@ class WechatApi:
         that one in turn, and WeChat limits forced refreshes), forced only when that is
         the refused token still."""
         async with self._lock:
-            stale = self._token is None or time.monotonic() >= self._expires
-            if refused is not None and refused != self._token and not stale:
-                assert self._token is not None
-                return self._token
-            if refused is not None or stale:
-                token = await self._fetch_token(force=False)
-                if token == refused:
-                    token = await self._fetch_token(force=True)
-            assert self._token is not None
-            return self._token
+            if self._token is not None and time.monotonic() < self._expires \
+                    and refused != self._token:
+                return self._token  # fresh, and not the one refused (if any)
+            token = await self._fetch_token(force=False)
+            if refused is not None and token == refused:
+                token = await self._fetch_token(force=True)
+            return token
 
     async def _fetch_token(self, force: bool) -> str:
         assert self.settings.app_secret is not None
