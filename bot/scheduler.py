@@ -37,6 +37,10 @@ MINUTELY = timedelta(minutes=1)
 # lock released, after about 30 + 3 x 10 seconds.
 KEEPALIVE_SETTINGS = ("SET tcp_keepalives_idle = 30", "SET tcp_keepalives_interval = 10",
                       "SET tcp_keepalives_count = 3")
+# At shutdown (or when the lock is lost) the jobs already running get this long to finish
+# before they are cancelled; a cancelled run is redone by the next one (the jobs are
+# idempotent), so the wait only spares the work, it guards nothing.
+JOB_STOP_GRACE_SECONDS = 5.0
 
 
 class Scheduler:
@@ -46,6 +50,7 @@ class Scheduler:
         self.settings = service.settings.scheduler
         self.is_leader = asyncio.Event()
         self._lock_connection: AsyncConnection | None = None
+        self._running_jobs: set[asyncio.Task[object]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take part in leader election until ``stop``; run the jobs while leading."""
@@ -58,7 +63,7 @@ class Scheduler:
                     await self._hold(stop)
                 finally:
                     self.is_leader.clear()
-                    scheduler.shutdown(wait=False)
+                    await self._stop_jobs(scheduler)
                     await self._release()
                 if not stop.is_set():
                     log.warning("scheduler: lost the lock; another process may take over")
@@ -76,12 +81,32 @@ class Scheduler:
         scheduler.start()
         return scheduler
 
+    async def _stop_jobs(self, scheduler: AsyncIOScheduler) -> None:
+        """Start no more runs, give the running ones ``JOB_STOP_GRACE_SECONDS`` to finish,
+        then cancel what is left (APScheduler's shutdown cancels its pending tasks)."""
+        scheduler.pause()
+        if self._running_jobs:
+            await asyncio.wait(set(self._running_jobs), timeout=JOB_STOP_GRACE_SECONDS)
+        scheduler.shutdown(wait=False)
+
     async def _run_job(self, job: Job) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # APScheduler runs coroutine jobs as tasks
+        self._running_jobs.add(task)
         try:
             done = await job.run(self.service)
+        except asyncio.CancelledError:
+            # Only the scheduler's own shutdown cancels a run, after the grace period; the
+            # run's transaction is rolled back and the next run does its work. Ending the
+            # task normally keeps APScheduler from reporting the cancel as a job error.
+            log.warning("scheduler: job %s stopped unfinished at shutdown; its next run "
+                        "does the rest", job.name)
+            return
         except Exception:  # one failed run must not stop the schedule; the next run retries
             log.exception("scheduler: job %s failed", job.name)
             return
+        finally:
+            self._running_jobs.discard(task)
         if done:
             log.info("scheduler: %s: %d", job.name, done)
 

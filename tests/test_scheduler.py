@@ -4,6 +4,7 @@ them, and the other takes over when it dies."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -12,11 +13,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, update
 
 from bot.clock import ManualClock
 from bot.config import load_settings
 from bot.db.models import OutboxItem, SlaClock
+from bot.jobs import Job
+from bot.scheduler import Scheduler
 from bot.service import Service
 from bot.types import InboundMessage
 from tests.conftest import RecordingChannel
@@ -160,3 +164,61 @@ async def test_the_sweep_and_agents_replying_at_the_deadline_do_not_deadlock(
         assert len([p for p in breaches if p["kind"] == "sla_breach"]) == len(breached)
     finally:
         await service.close()
+
+
+# --- stopping: the running jobs finish, or end quietly after the grace period ------------------
+
+async def run_scheduler_with(service: Service, job: Job, started: asyncio.Event,
+                             ) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(Scheduler(service, [job]).run(stop))
+    await asyncio.wait_for(started.wait(), 10)
+    return stop, task
+
+
+async def test_a_job_running_at_shutdown_finishes_before_the_scheduler_stops(
+        service: Service, caplog: pytest.LogCaptureFixture) -> None:
+    started, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow(_: Service) -> int:
+        started.set()
+        await release.wait()
+        finished.set()
+        return 0
+
+    stop, task = await run_scheduler_with(service, Job("slow", timedelta(hours=1), slow), started)
+    stop.set()
+    await asyncio.sleep(0.2)
+    assert not task.done()  # waiting for the run, not cancelling it
+    release.set()
+    await asyncio.wait_for(task, 10)
+    assert finished.is_set()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+async def test_a_job_outlasting_the_grace_period_is_stopped_with_a_warning_not_an_error(
+        service: Service, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """APScheduler cancels what is still running at shutdown and would log the cancel as a
+    job error with a traceback; a planned stop is not an error."""
+    monkeypatch.setattr("bot.scheduler.JOB_STOP_GRACE_SECONDS", 0.3)
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def endless(_: Service) -> int:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return 0
+
+    stop, task = await run_scheduler_with(service, Job("endless", timedelta(hours=1), endless),
+                                          started)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(cancelled.wait(), 5)
+    await asyncio.sleep(0.05)  # APScheduler's done-callback runs after the task ends
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert "Traceback" not in caplog.text
+    assert "job endless stopped unfinished at shutdown" in caplog.text
