@@ -25,6 +25,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal_column,
     or_,
     select,
     true,
@@ -35,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased, make_transient_to_detached, selectinload
 from sqlalchemy.orm.attributes import instance_dict, set_committed_value
+from sqlalchemy.sql.elements import ColumnClause
 
 from bot import metrics, rate_limit
 from bot.clock import Clock
@@ -93,6 +95,7 @@ class _Admission:
     recent: int
     contact: Mapping[Any, Any] | None
     conversation: Mapping[Any, Any] | None
+    created: bool = False  # the contact was created by this message (the chat's first)
 
 
 class _ProcessingFailed(Exception):
@@ -215,7 +218,16 @@ def _admit_and_touch() -> Select[Any]:
     touched only when the message is admitted (no stored duplicate, under the rate
     limit), the conversation only when the contact was, each read back with its columns.
     One row: ``duplicate_id, duplicate_in, recent``, then the contact's columns, then
-    the conversation's (NULLs for a row not touched).
+    the conversation's (NULLs for a row not touched), then the id of the contact as the
+    statement's snapshot saw it (``CONTACT_SEEN_AT``).
+
+    The admission is counted in the statement's snapshot, before the contact's lock is
+    waited for: a message of the same chat stored meanwhile would not be counted, and a
+    burst of concurrent messages could all pass the rate limit. So the contact is touched
+    only if it is still the row version the snapshot saw (its ``xmin``, the transaction
+    that wrote it): when another transaction changed it meanwhile, nothing is touched and
+    the caller, seeing a contact that exists but was not touched, takes the contact's
+    lock first and counts again (``_admit`` and ``LOCK_CONTACT``).
 
     Its snapshot is taken before the contact's lock is waited for, so an open
     conversation another transaction created meanwhile is not seen: the caller then runs
@@ -223,9 +235,16 @@ def _admit_and_touch() -> Select[Any]:
     not returned (its status is checked again on the row itself)."""
     admission = ADMISSION.cte("admission")
     limit = bindparam("limit", type_=Integer)
+    # PostgreSQL's system column: the transaction that wrote this version of the row.
+    row_version: ColumnClause[Any] = literal_column("contacts.xmin")
+    seen = (select(Contact.id, row_version.label("version"))
+            .where(Contact.channel == bindparam("of_channel"),
+                   Contact.chat == bindparam("of_chat"))
+            .cte("seen_contact"))
     contact = (update(Contact)
                .where(Contact.channel == bindparam("of_channel"),
                       Contact.chat == bindparam("of_chat"),
+                      row_version == select(seen.c.version).scalar_subquery(),
                       select(admission.c[0].is_(None)
                              & or_(limit == 0, admission.c[2] < limit)).scalar_subquery())
                .values(_CONTACT_TOUCH)
@@ -243,7 +262,8 @@ def _admit_and_touch() -> Select[Any]:
                     .values(last_inbound_at=now, updated_at=now)
                     .returning(*CONVERSATION_COLUMNS)
                     .cte("touched_conversation"))
-    return (select(*admission.c, *contact.c, *conversation.c)
+    return (select(*admission.c, *contact.c, *conversation.c,
+                   select(seen.c.id).scalar_subquery())
             .select_from(admission.outerjoin(contact, true())
                          .outerjoin(conversation, true())))
 
@@ -251,6 +271,17 @@ def _admit_and_touch() -> Select[Any]:
 ADMIT_AND_TOUCH = _admit_and_touch()
 _CONTACT_KEYS = tuple(column.key for column in CONTACT_COLUMNS)
 _CONVERSATION_KEYS = tuple(column.key for column in CONVERSATION_COLUMNS)
+# Where ADMIT_AND_TOUCH's row holds the contact's columns, the conversation's, and the id
+# of the contact its snapshot saw.
+CONTACT_AT = 3
+CONVERSATION_AT = CONTACT_AT + len(_CONTACT_KEYS)
+CONTACT_SEEN_AT = CONVERSATION_AT + len(_CONVERSATION_KEYS)
+# The chat's contact locked, nothing changed: after it, a new statement's snapshot holds
+# every message of the chat stored before (each was stored holding this lock).
+LOCK_CONTACT = (select(Contact.id)
+                .where(Contact.channel == bindparam("of_channel"),
+                       Contact.chat == bindparam("of_chat"))
+                .with_for_update())
 # Replies held until the customer wrote again (WeChat's 48-hour window) go now. No object
 # of the session can be such a row (storing loads no outbox rows), so nothing to synchronise.
 RELEASE_HELD = (update(OutboxItem)
@@ -402,7 +433,7 @@ class Pipeline:
                 # A flooding chat: refused once a minute, then dropped silently, after this
                 # transaction (bot/rate_limit.py).
                 if not rate_limit.over_limit(self.settings.limits, admission.recent):
-                    return await self._store(session, connection, admission, inbound, text,
+                    return await self._store(session, admission, inbound, text,
                                              now, process)
         except IntegrityError as exc:
             # Another process stored the same delivery first; or not a duplicate at all
@@ -419,42 +450,89 @@ class Pipeline:
     async def _admit(self, connection: AsyncConnection, inbound: InboundMessage,
                      now: datetime) -> _Admission:
         """Is the message a duplicate, how many did the chat store in the last minute, and,
-        when it is admitted, its contact and open conversation touched and read back
-        (each None when there is none to touch). PostgreSQL: one statement; SQLite (no
-        data-modifying common table expressions): up to three, as many as needed."""
+        when it is admitted, its contact touched (or created, on the chat's first message)
+        and locked, and its open conversation touched, each read back (the conversation
+        None when there is none open). PostgreSQL: one statement (two on a chat's first
+        message), unless another message of the chat was stored after it began; then, and
+        on SQLite (no data-modifying common table expressions), ``_admit_in_turn``."""
         # No key may be named after a column of contacts or conversations: SQLAlchemy
         # would SET it in ADMIT_AND_TOUCH's UPDATEs (tests/test_pipeline.py checks).
         parameters = {"external_id": inbound.external_id,
                       **rate_limit.count_parameters(self.settings.limits, inbound, now),
                       **_touch_parameters(inbound, now)}
-        if self.db.is_postgres:
-            row = (await connection.execute(ADMIT_AND_TOUCH, parameters)).one()
-            contact = dict(zip(_CONTACT_KEYS, row[3:3 + len(_CONTACT_KEYS)], strict=True))
-            conversation = dict(zip(_CONVERSATION_KEYS, row[3 + len(_CONTACT_KEYS):],
-                                    strict=True))
-            return _Admission(None if row[0] is None else (row[0], row[1]), row[2],
-                              contact if contact["id"] is not None else None,
-                              conversation if conversation["id"] is not None else None)
+        if not self.db.is_postgres:
+            return await self._admit_in_turn(connection, parameters, inbound, now)
+        row = (await connection.execute(ADMIT_AND_TOUCH, parameters)).one()
+        contact = dict(zip(_CONTACT_KEYS, row[CONTACT_AT:CONVERSATION_AT], strict=True))
+        conversation = dict(zip(_CONVERSATION_KEYS, row[CONVERSATION_AT:CONTACT_SEEN_AT],
+                                strict=True))
+        admission = _Admission(None if row[0] is None else (row[0], row[1]), row[2],
+                               contact if contact["id"] is not None else None,
+                               conversation if conversation["id"] is not None else None)
+        if not self._admitted(admission) or admission.contact is not None:
+            return admission
+        if row[CONTACT_SEEN_AT] is None and await self._create_contact(
+                connection, admission, inbound, now):
+            return admission
+        # Another message of the chat was stored after this statement's snapshot was taken
+        # (it changed the contact, or created it: the INSERT waited for it). Its message
+        # was not counted: wait for it holding the contact's lock, then count again in
+        # statements that see it (tests/test_hostile.py, a flood all at once).
+        await connection.execute(LOCK_CONTACT, parameters)
+        return await self._admit_in_turn(connection, parameters, inbound, now)
+
+    async def _admit_in_turn(self, connection: AsyncConnection, parameters: dict[str, Any],
+                             inbound: InboundMessage, now: datetime) -> _Admission:
+        """``_admit`` one statement at a time, when no other message of the chat is being
+        stored: SQLite (one writer at a time), or PostgreSQL holding the contact's lock."""
         duplicate_id, duplicate_in, recent = (
             await connection.execute(ADMISSION, parameters)).one()
         admission = _Admission(None if duplicate_id is None else (duplicate_id, duplicate_in),
                                recent, None, None)
-        if duplicate_id is not None or rate_limit.over_limit(self.settings.limits, recent):
+        if not self._admitted(admission):
             return admission
         admission.contact = (await connection.execute(
             TOUCH_CONTACT, parameters)).mappings().first()
-        if admission.contact is not None:
-            admission.conversation = (await connection.execute(TOUCH_OPEN_CONVERSATION, {
-                "of_contact": admission.contact["id"], "now": now})).mappings().first()
+        if admission.contact is None and await self._create_contact(
+                connection, admission, inbound, now):
+            return admission
+        if admission.contact is None:
+            # PostgreSQL: the contact was erased and another message of the chat created
+            # it again, all since the lock was taken; this message joins that one.
+            admission.contact = (await connection.execute(
+                TOUCH_CONTACT, parameters)).mappings().one()
+        admission.conversation = (await connection.execute(TOUCH_OPEN_CONVERSATION, {
+            "of_contact": admission.contact["id"], "now": now})).mappings().first()
         return admission
 
-    async def _store(self, session: AsyncSession, connection: AsyncConnection,
+    def _admitted(self, admission: _Admission) -> bool:
+        """Neither a stored delivery nor over the chat's rate limit."""
+        return admission.duplicate is None and not rate_limit.over_limit(
+            self.settings.limits, admission.recent)
+
+    async def _create_contact(self, connection: AsyncConnection, admission: _Admission,
+                              inbound: InboundMessage, now: datetime) -> bool:
+        """The chat's first message: its contact created (into ``admission``, locked, as
+        every new row is). False when another transaction created it meanwhile (the
+        PostgreSQL INSERT then waits for it to commit and does nothing)."""
+        insert_contact = INSERT_CONTACT_PG if self.db.is_postgres else INSERT_CONTACT_SQLITE
+        admission.contact = (await connection.execute(insert_contact, {
+            "channel": inbound.channel, "chat": inbound.chat, "created_at": now,
+            "last_seen_at": now, "display_name": inbound.user_name or None,
+            "language_hint": inbound.language_hint or None})).mappings().first()
+        admission.created = admission.contact is not None
+        return admission.created
+
+    async def _store(self, session: AsyncSession,
                      admission: _Admission, inbound: InboundMessage, text: str,
                      now: datetime, process: bool) -> tuple[Received, Processed | None]:
-        contact, created = await self._contact(session, connection, admission.contact,
-                                               inbound, now)
+        # Touched or created and locked by _admit: as the chat's previous message's
+        # processing left it, not as it was before that committed.
+        assert admission.contact is not None
+        contact = _persistent(session, Contact(), admission.contact)
         conversation = await self._touched_conversation(
-            session, contact, created, admission.conversation, now, text, lock=process)
+            session, contact, admission.created, admission.conversation, now, text,
+            lock=process)
         if self.holding_channels is None or inbound.channel in self.holding_channels:
             await session.execute(RELEASE_HELD, {"of_channel": inbound.channel,
                                                  "of_chat": inbound.chat, "now": now})
@@ -495,30 +573,6 @@ class Pipeline:
         row = (await session.execute(FIND_DUPLICATE, {
             "of_channel": inbound.channel, "external_id": inbound.external_id})).first()
         return Received(row.id, row.conversation_id, duplicate=True) if row else None
-
-    async def _contact(self, session: AsyncSession, connection: AsyncConnection,
-                       touched: Mapping[Any, Any] | None, inbound: InboundMessage,
-                       now: datetime) -> tuple[Contact, bool]:
-        """The chat's contact, marked seen and locked (``touched``, by ``_admit``: as the
-        previous message's processing left it, not as it was before that committed);
-        created on the chat's first message (then the second value is True)."""
-        row = touched
-        created = row is None
-        if row is None:
-            insert_contact = (INSERT_CONTACT_PG if self.db.is_postgres
-                              else INSERT_CONTACT_SQLITE)
-            row = (await connection.execute(insert_contact, {
-                "channel": inbound.channel, "chat": inbound.chat, "created_at": now,
-                "last_seen_at": now, "display_name": inbound.user_name or None,
-                "language_hint": inbound.language_hint or None})).mappings().first()
-        if row is None:
-            # The chat's first two messages at once (PostgreSQL; SQLite has one writer at
-            # a time): the other one's transaction created the contact and has committed
-            # (the INSERT waited for it). This message joins it, as a chat's next message.
-            created = False
-            row = (await connection.execute(
-                TOUCH_CONTACT, _touch_parameters(inbound, now))).mappings().one()
-        return _persistent(session, Contact(), row), created
 
     async def _touched_conversation(self, session: AsyncSession, contact: Contact,
                                     created: bool,

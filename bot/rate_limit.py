@@ -2,7 +2,9 @@
 
 At most ``[limits] messages_per_minute`` inbound messages of one chat (channel + chat id)
 are stored in any sliding minute. The count is read from the ``messages`` table, so it
-holds across processes and restarts without any shared memory.
+holds across processes and restarts without any shared memory, and for messages of one
+chat arriving all at once too: the pipeline counts holding the chat's contact row, which
+every message stored holds until it commits (``Pipeline._admit``).
 
 A message over the limit is never stored. What the sender gets:
 

@@ -10,6 +10,7 @@ default, so the file stays fast in CI); ``make stress`` runs many more.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -1069,6 +1070,31 @@ async def test_a_flooding_chat_is_limited_and_told_once_a_minute(
     refusals, stored = await flood(service, "tg-flood", 30, start=100,
                                    step=timedelta(milliseconds=100))
     assert (refusals, stored) == (1, limit - 1)
+
+
+@pytest.mark.parametrize("known_chat", [True, False], ids=["known chat", "first messages"])
+async def test_a_flood_sent_all_at_once_stores_no_more_than_the_limit(
+        service: Service, known_chat: bool) -> None:
+    """Concurrent messages of one chat all begin before any of them is stored; the limit
+    still holds. (On PostgreSQL a message whose count missed another one stored meanwhile
+    waits for the chat's contact row and counts again: the contact changed, or was
+    created, after its statement began.)"""
+    limit = service.settings.limits.messages_per_minute
+    if known_chat:
+        await flood(service, "tg-burst", 1)
+    outcomes = await asyncio.gather(*(service.pipeline.handle(InboundMessage(
+        channel="telegram", chat="tg-burst", text=f"burst {n}", external_id=f"burst-{n}"))
+        for n in range(3 * limit)), return_exceptions=True)
+    unexpected = [o for o in outcomes if isinstance(o, BaseException)
+                  and not isinstance(o, InvalidMessage)]
+    assert unexpected == []
+    assert len(await inbound_texts(service, "tg-burst")) == limit
+    assert sum(isinstance(o, InvalidMessage) for o in outcomes) == 1
+    async with service.db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Contact).where(
+            Contact.chat == "tg-burst")) == 1
+        assert await session.scalar(select(func.count()).select_from(Conversation).where(
+            Conversation.chat == "tg-burst")) == 1
 
 
 async def test_the_rate_limit_can_be_turned_off(database_url: str, clock: ManualClock) -> None:
