@@ -225,9 +225,10 @@ def _admit_and_touch() -> Select[Any]:
     waited for: a message of the same chat stored meanwhile would not be counted, and a
     burst of concurrent messages could all pass the rate limit. So the contact is touched
     only if it is still the row version the snapshot saw (its ``xmin``, the transaction
-    that wrote it): when another transaction changed it meanwhile, nothing is touched and
-    the caller, seeing a contact that exists but was not touched, takes the contact's
-    lock first and counts again (``_admit`` and ``LOCK_CONTACT``).
+    that wrote it): when another transaction changed it meanwhile, nothing is changed
+    (the row stays locked, as the UPDATE waited for it) and the caller, seeing a contact
+    that exists but was not touched, locks the contact as the UPDATE would and counts
+    again (``_admit`` and ``LOCK_CONTACT``).
 
     Its snapshot is taken before the contact's lock is waited for, so an open
     conversation another transaction created meanwhile is not seen: the caller then runs
@@ -277,11 +278,13 @@ CONTACT_AT = 3
 CONVERSATION_AT = CONTACT_AT + len(_CONTACT_KEYS)
 CONTACT_SEEN_AT = CONVERSATION_AT + len(_CONVERSATION_KEYS)
 # The chat's contact locked, nothing changed: after it, a new statement's snapshot holds
-# every message of the chat stored before (each was stored holding this lock).
+# every message of the chat stored before (each was stored holding this lock). FOR NO KEY
+# UPDATE, the lock an UPDATE of the row takes: it conflicts with every message storing and
+# with erasure, not with the key-share locks of rows referring to the contact.
 LOCK_CONTACT = (select(Contact.id)
                 .where(Contact.channel == bindparam("of_channel"),
                        Contact.chat == bindparam("of_chat"))
-                .with_for_update())
+                .with_for_update(key_share=True))
 # Replies held until the customer wrote again (WeChat's 48-hour window) go now. No object
 # of the session can be such a row (storing loads no outbox rows), so nothing to synchronise.
 RELEASE_HELD = (update(OutboxItem)
@@ -493,14 +496,14 @@ class Pipeline:
             return admission
         admission.contact = (await connection.execute(
             TOUCH_CONTACT, parameters)).mappings().first()
-        if admission.contact is None and await self._create_contact(
-                connection, admission, inbound, now):
-            return admission
         if admission.contact is None:
-            # PostgreSQL: the contact was erased and another message of the chat created
-            # it again, all since the lock was taken; this message joins that one.
-            admission.contact = (await connection.execute(
-                TOUCH_CONTACT, parameters)).mappings().one()
+            if await self._create_contact(connection, admission, inbound, now):
+                return admission
+            # PostgreSQL (SQLite has one writer at a time): another message of the chat
+            # created the contact since this count; with no contact to lock (erased since
+            # this message's first statement) the count held no lock. Count again, holding it.
+            await connection.execute(LOCK_CONTACT, parameters)
+            return await self._admit_in_turn(connection, parameters, inbound, now)
         admission.conversation = (await connection.execute(TOUCH_OPEN_CONVERSATION, {
             "of_contact": admission.contact["id"], "now": now})).mappings().first()
         return admission

@@ -23,7 +23,8 @@ from sqlalchemy import event, select, text
 from sqlalchemy.util import await_only
 
 from bot.clock import ManualClock
-from bot.db.models import Contact, Customer, Message, OutboxItem
+from bot.db.models import Contact, Conversation, Customer, Message, OutboxItem
+from bot.pipeline import InvalidMessage
 from bot.privacy import ERASED_CHAT, ERASED_REASON, erase_customer
 from bot.service import Service
 from bot.types import InboundMessage
@@ -148,3 +149,51 @@ async def test_erasing_a_customer_while_their_message_is_stored_does_not_deadloc
     everything = " ".join((await dump(service)).values())
     for needle in (chat, "zebra", "5550", "Lindqvist"):
         assert needle not in everything
+
+
+async def test_a_message_that_waited_for_an_erasure_is_counted_against_the_rate_limit(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message whose first statement saw the chat's contact waits for its erasure, then
+    finds no contact to lock and none to touch; while it is about to create one, the chat
+    writes on and reaches its limit. Losing that INSERT, it counts again holding the new
+    contact (it once was stored unchecked: the limit + 1)."""
+    from bot.pipeline import Pipeline
+    from bot.privacy import erase_contacts
+
+    chat, limit = "tg-erased-flood", service.settings.limits.messages_per_minute
+    await service.pipeline.handle(InboundMessage(channel="telegram", chat=chat, text="hi",
+                                                 external_id="before-erasure"))
+    creating, create = asyncio.Event(), Pipeline._create_contact
+    release = asyncio.Event()
+
+    async def create_later(self: Pipeline, connection: Any, admission: Any,
+                           inbound: InboundMessage, now: Any) -> bool:
+        if inbound.external_id == "late":
+            creating.set()
+            await release.wait()
+        return await create(self, connection, admission, inbound, now)
+
+    monkeypatch.setattr(Pipeline, "_create_contact", create_later)
+    async with service.db.sessions.begin() as session:
+        contact = (await session.execute(select(Contact).where(Contact.chat == chat)
+                                         .with_for_update())).scalar_one()
+        await erase_contacts(session, [contact])
+        late = asyncio.create_task(service.pipeline.handle(InboundMessage(
+            channel="telegram", chat=chat, text="late", external_id="late")))
+        await _waiting_for_a_lock(service, late)
+    await asyncio.wait_for(creating.wait(), 10)  # the erasure committed; the late one goes on
+    for n in range(limit + 3):  # the chat writes on: a new contact, up to the limit
+        try:
+            await service.pipeline.handle(InboundMessage(
+                channel="telegram", chat=chat, text=f"m{n}", external_id=f"m{n}"))
+        except InvalidMessage:
+            pass  # the one notice of the minute
+    release.set()
+    await asyncio.wait_for(asyncio.gather(late, return_exceptions=True), 10)
+    async with service.db.sessions() as session:
+        stored = (await session.execute(select(Message.external_id).join(
+            Contact, Contact.chat == chat).where(
+            Message.direction == "in",
+            Message.conversation_id.in_(select(Conversation.id).where(
+                Conversation.contact_id == Contact.id))))).scalars().all()
+    assert len(stored) == limit and "late" not in stored, stored
