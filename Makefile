@@ -1,6 +1,7 @@
 # supportbot — developer entry points.
 #   make run     web chat on http://127.0.0.1:8080 with the demo data
-#   make test    full test suite on SQLite, then on PostgreSQL when it is reachable
+#   make test    lint (ruff, mypy), then the full test suite on SQLite, then on PostgreSQL
+#                when it is reachable
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := run
@@ -36,6 +37,8 @@ run: venv
 test: venv
 	@bash scripts/ensure_chromium.sh || true
 	@status=0; \
+	echo "==> lint: ruff, mypy"; \
+	$(BIN)/ruff check . && $(BIN)/mypy bot intents handlers || status=$$?; \
 	echo "==> pytest on SQLite"; \
 	SUPPORTBOT_TEST_DATABASE=sqlite $(PY) -m pytest -q || status=$$?; \
 	if $(PY) scripts/pg_available.py; then \
