@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.agent_desk import next_green_channel_check
+from bot.channels.wechat import forget_callback_urls
 from bot.db.models import (
     Case,
     Contact,
@@ -345,10 +346,13 @@ async def monthly_report(service: Service) -> int:
 # --- retention ----------------------------------------------------------------------------------
 
 async def retention(service: Service) -> int:
+    """Personal data past the retention period purged, and the WeChat callback URLs
+    remembered against replays forgotten once none of them could be accepted again."""
     now = service.clock.now()
     cutoff = now - timedelta(days=service.settings.retention.personal_data_days)
     async with service.db.sessions.begin() as session:
-        return await purge_expired(session, cutoff, now)
+        return await purge_expired(session, cutoff, now) \
+            + await forget_callback_urls(session, now)
 
 
 async def green_channel(service: Service) -> int:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -24,7 +26,7 @@ from bot.channels.wechat_protocol import (
 )
 from bot.clock import ManualClock
 from bot.config import load_settings
-from bot.db.models import Message, OutboxItem
+from bot.db.models import Message, OutboxItem, ProcessedEvent
 from bot.service import Service
 from bot.web.app import create_app
 from tests.conftest import RecordingChannel
@@ -150,6 +152,72 @@ async def test_a_bad_signature_gets_403_and_stores_nothing(wechat: Wechat, query
     response = await wechat.post(text_xml("oUser2", "hello"), query=query)
     assert response.status_code == 403
     assert await wechat.count(Message) == 0
+
+
+@pytest.mark.parametrize("age", [-301, 301, 86_400 * 365 * 20], ids=["future", "stale", "ancient"])
+async def test_a_callback_signed_too_long_ago_or_ahead_gets_403(wechat: Wechat, age: int) -> None:
+    """Correctly signed, but its timestamp is more than 5 minutes from now: a captured URL
+    replayed later, or a clock far off."""
+    query = signed_query(timestamp=int(time.time()) - age)
+    response = await wechat.post(text_xml("oUser2", "hello"), query=query)
+    assert response.status_code == 403
+    assert await wechat.count(Message) == 0
+
+
+async def test_a_callback_signed_with_a_timestamp_that_is_no_number_gets_403(
+        wechat: Wechat) -> None:
+    for stamp in ("soon", "-5", "1e9", "١٧٠٠٠٠٠٠٠٠", "9" * 40):  # Arabic-Indic digits too
+        query = urlencode({"signature": signature(TOKEN, stamp, "1"), "timestamp": stamp,
+                           "nonce": "1"})
+        assert (await wechat.post(text_xml("oUser2", "hello"), query=query)).status_code == 403
+    assert await wechat.count(Message) == 0
+
+
+async def test_a_signed_url_replayed_with_another_message_gets_403(wechat: Wechat) -> None:
+    """In plain mode the signature does not cover the body: a URL seen once must not carry
+    a message of the attacker's choosing. WeChat's own retry of the message still gets
+    its answer."""
+    query = signed_query()
+    genuine = text_xml("oUser5", "Where is my order?", msg_id=5_550_101)
+    first = await wechat.post(genuine, query=query)
+    assert first.status_code == 200
+    forged = await wechat.post(text_xml("oVictim", "Cancel all my orders", msg_id=5_550_102),
+                               query=query)
+    assert forged.status_code == 403
+    retried = await wechat.post(genuine, query=query)
+    assert (retried.status_code, retried.content) == (200, first.content)
+    async with wechat.service.db.sessions() as session:
+        texts = (await session.execute(select(Message.text).where(
+            Message.direction == "in"))).scalars().all()
+    assert texts == ["Where is my order?"]
+
+
+async def test_one_signed_url_with_two_messages_at_once_stores_one(wechat: Wechat) -> None:
+    query = signed_query()
+    responses = await asyncio.gather(*(
+        wechat.post(text_xml(f"oUser{n}", f"message {n}", msg_id=5_550_200 + n), query=query)
+        for n in range(4)))
+    assert sorted(r.status_code for r in responses) == [200, 403, 403, 403]
+    async with wechat.service.db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Message).where(
+            Message.direction == "in")) == 1
+
+
+async def test_the_retention_job_forgets_callback_urls_after_a_day(wechat: Wechat) -> None:
+    from bot.jobs import retention
+
+    await wechat.post(text_xml("oUser6", "hello", msg_id=5_550_301))
+    keys = select(ProcessedEvent.key).where(ProcessedEvent.key.startswith("wechat-url"))
+    async with wechat.service.db.sessions() as session:
+        assert len((await session.execute(keys)).all()) == 2  # the URL's, the URL's + message's
+    wechat.clock.advance(timedelta(hours=23))
+    await retention(wechat.service)
+    async with wechat.service.db.sessions() as session:
+        assert len((await session.execute(keys)).all()) == 2
+    wechat.clock.advance(timedelta(hours=2))
+    await retention(wechat.service)
+    async with wechat.service.db.sessions() as session:
+        assert (await session.execute(keys)).all() == []
 
 
 async def test_hostile_callbacks_are_refused_and_store_nothing(wechat: Wechat) -> None:

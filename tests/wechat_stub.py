@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -94,16 +95,26 @@ def subscribe_xml(open_id: str) -> str:
             "<Event><![CDATA[subscribe]]></Event></xml>")
 
 
-def signed_query(token: str = TOKEN, nonce: str = "77712345", **extra: str) -> str:
-    timestamp = str(int(time.time()))
-    params = {"signature": signature(token, timestamp, nonce), "timestamp": timestamp,
+def new_nonce() -> str:
+    """A nonce as WeChat gives each callback: another one every time."""
+    return str(secrets.randbelow(10 ** 10))
+
+
+def signed_query(token: str = TOKEN, nonce: str | None = None, timestamp: int | None = None,
+                 **extra: str) -> str:
+    """A callback URL's query, signed as WeChat signs it: now, with a new nonce, unless
+    told otherwise."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = new_nonce() if nonce is None else nonce
+    params = {"signature": signature(token, stamp, nonce), "timestamp": stamp,
               "nonce": nonce, **extra}
     return urlencode(params)
 
 
-def encrypted(xml: str, nonce: str = "77712345") -> tuple[str, str]:
+def encrypted(xml: str, nonce: str | None = None) -> tuple[str, str]:
     """A safe-mode callback: the query string and the body, as WeChat sends them."""
     timestamp = str(int(time.time()))
+    nonce = new_nonce() if nonce is None else nonce
     body = AesCrypto(AES_KEY, APP_ID).encrypt(xml)
     params = {"signature": signature(TOKEN, timestamp, nonce), "timestamp": timestamp,
               "nonce": nonce, "encrypt_type": "aes",

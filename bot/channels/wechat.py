@@ -11,19 +11,29 @@ sends the reply through the customer-service API once the window has passed.
 
 That API only reaches customers who wrote in the last 48 hours (error 45015): such a
 reply is held, the agents are told, and it goes out when the customer writes again.
+
+A signed callback URL is good for one message, for 5 minutes: its ``timestamp`` must be
+within ``CALLBACK_MAX_AGE`` of this machine's clock, and a URL seen before is accepted
+again only with the message it first came with (WeChat's retries of that message). In
+plain mode the signature covers the token, timestamp and nonce but not the body, so
+without this anyone who had seen one signed URL could post any message with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.channels.base import (
     Delivery,
@@ -43,7 +53,7 @@ from bot.channels.wechat_protocol import (
     text_reply_xml,
 )
 from bot.config import WechatSettings
-from bot.db.models import OutboxItem
+from bot.db.models import OutboxItem, ProcessedEvent
 from bot.pipeline import InvalidMessage, UnfitMessage, fit_inbound
 from bot.service import Service
 from bot.types import InboundMessage
@@ -60,6 +70,14 @@ TOKEN_ERRORS = {40001, 40014, 42001}  # access token invalid or expired: refresh
 WINDOW_CLOSED = {45015}  # the customer last wrote more than 48 hours ago
 PERMANENT = {40003, 43004, 43019, 40013}  # bad openid, unsubscribed, blocked, bad AppID
 SUCCESS = PlainTextResponse("success")
+# How far a callback's timestamp may be from this machine's clock (WeChat retries within
+# about 15 seconds; the rest is for clocks that disagree).
+CALLBACK_MAX_AGE = 300
+# processed_events keys of the callback URLs seen (see claim_callback_url), kept a day:
+# far longer than a URL is accepted, so none is forgotten while it could be replayed.
+CALLBACK_KEY = "wechat-url:"
+CALLBACK_MESSAGE_KEY = "wechat-url-message:"
+CALLBACK_KEYS_KEPT = timedelta(days=1)
 
 
 class WechatApi:
@@ -173,6 +191,12 @@ def build_router(service: Service) -> APIRouter:
         return signature_matches(query.get("signature"), token, query.get("timestamp", ""),
                                  query.get("nonce", ""))
 
+    def fresh(request: Request) -> bool:
+        """The callback's timestamp is within ``CALLBACK_MAX_AGE`` of now."""
+        stamp = request.query_params.get("timestamp", "")
+        return stamp.isdecimal() and len(stamp) <= 12 \
+            and abs(time.time() - int(stamp)) <= CALLBACK_MAX_AGE
+
     @router.get(WEBHOOK_PATH, include_in_schema=False)
     async def handshake(request: Request) -> Response:
         """The server check when the URL is configured: echo ``echostr`` if signed."""
@@ -183,6 +207,10 @@ def build_router(service: Service) -> APIRouter:
     @router.post(WEBHOOK_PATH, include_in_schema=False)
     async def callback(request: Request) -> Response:
         if not genuine(request):
+            return Response("forbidden", status_code=403)
+        if not fresh(request):
+            log.info("wechat: callback refused: timestamp %r is not within %d s of now",
+                     request.query_params.get("timestamp", "")[:20], CALLBACK_MAX_AGE)
             return Response("forbidden", status_code=403)
         body = await read_body(request, MAX_BODY_BYTES)
         if isinstance(body, Response):
@@ -212,6 +240,12 @@ def build_router(service: Service) -> APIRouter:
         except (ProtocolError, UnfitMessage) as exc:
             log.info("wechat: callback refused: %s", exc)
             return Response("bad request", status_code=400)
+        if not await claim_callback_url(service, query.get("timestamp", ""),
+                                        query.get("nonce", ""), query.get("signature", ""),
+                                        inbound.external_id):
+            log.warning("wechat: callback refused: its signed URL came before with another "
+                        "message (a replay)")
+            return Response("forbidden", status_code=403)
         reply = await answer_within(service, inbound, window)
         if reply is None:
             return SUCCESS
@@ -221,6 +255,40 @@ def build_router(service: Service) -> APIRouter:
         return Response(xml, media_type="application/xml")
 
     return router
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+async def claim_callback_url(service: Service, timestamp: str, nonce: str, signature: str,
+                             external_id: str | None) -> bool:
+    """True the first time a signed callback URL comes, and when it comes again with the
+    same message (WeChat retrying it); False when it comes with another message. Two
+    ``processed_events`` keys, written together: the URL's, and the URL's with the
+    message's id."""
+    url = _digest(timestamp, nonce, signature)
+    url_key = f"{CALLBACK_KEY}{url}"
+    message_key = f"{CALLBACK_MESSAGE_KEY}{_digest(url, external_id or '')}"
+    now = service.clock.now()
+    try:
+        async with service.db.sessions.begin() as session:
+            session.add(ProcessedEvent(key=url_key, received_at=now))
+            await session.flush()  # the URL's key first: it is the one that can collide
+            session.add(ProcessedEvent(key=message_key, received_at=now))
+        return True
+    except IntegrityError:  # seen before, or at this moment by another request
+        async with service.db.sessions() as session:
+            return await session.get(ProcessedEvent, message_key) is not None
+
+
+async def forget_callback_urls(session: AsyncSession, now: datetime) -> int:
+    """The callback URLs' keys older than ``CALLBACK_KEYS_KEPT`` removed (the retention
+    job); returns how many."""
+    result = await session.execute(delete(ProcessedEvent).where(
+        ProcessedEvent.key.startswith(CALLBACK_KEY[:-1]),  # both prefixes
+        ProcessedEvent.received_at < now - CALLBACK_KEYS_KEPT))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def answer_within(service: Service, inbound: InboundMessage, window: float) -> str | None:
