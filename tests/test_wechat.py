@@ -192,6 +192,28 @@ async def test_a_signed_url_replayed_with_another_message_gets_403(wechat: Wecha
     assert texts == ["Where is my order?"]
 
 
+async def test_a_signed_url_rewritten_under_the_same_signature_is_still_a_replay(
+        wechat: Wechat) -> None:
+    """The signature is SHA-1 of the token, timestamp and nonce sorted and concatenated,
+    compared in any case: the same signature passes with its hex digits upper-cased, and
+    with the digits cut differently between a timestamp and a nonce ("0" + "0" + T and
+    "0" + "0T": T with a leading zero, the same moment). Each is still the URL seen."""
+    now = str(int(time.time()))
+    query = {"signature": signature(TOKEN, now, "00"), "timestamp": now, "nonce": "00"}
+    assert (await wechat.post(text_xml("oUser7", "hello", msg_id=5_550_401),
+                              query=urlencode(query))).status_code == 200
+    shouting = {**query, "signature": query["signature"].upper()}
+    shifted = {**query, "timestamp": "0" + now, "nonce": "0"}
+    assert signature(TOKEN, shifted["timestamp"], shifted["nonce"]) == query["signature"]
+    for n, forged in enumerate((shouting, shifted)):
+        response = await wechat.post(text_xml("oVictim", "Cancel my orders",
+                                              msg_id=5_550_402 + n), query=urlencode(forged))
+        assert response.status_code == 403
+    async with wechat.service.db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Message).where(
+            Message.direction == "in")) == 1
+
+
 async def test_one_signed_url_with_two_messages_at_once_stores_one(wechat: Wechat) -> None:
     query = signed_query()
     responses = await asyncio.gather(*(

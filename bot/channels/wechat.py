@@ -240,8 +240,7 @@ def build_router(service: Service) -> APIRouter:
         except (ProtocolError, UnfitMessage) as exc:
             log.info("wechat: callback refused: %s", exc)
             return Response("bad request", status_code=400)
-        if not await claim_callback_url(service, query.get("timestamp", ""),
-                                        query.get("nonce", ""), query.get("signature", ""),
+        if not await claim_callback_url(service, query.get("signature", ""),
                                         inbound.external_id):
             log.warning("wechat: callback refused: its signed URL came before with another "
                         "message (a replay)")
@@ -261,13 +260,18 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
-async def claim_callback_url(service: Service, timestamp: str, nonce: str, signature: str,
+async def claim_callback_url(service: Service, signature: str,
                              external_id: str | None) -> bool:
     """True the first time a signed callback URL comes, and when it comes again with the
     same message (WeChat retrying it); False when it comes with another message. Two
     ``processed_events`` keys, written together: the URL's, and the URL's with the
-    message's id."""
-    url = _digest(timestamp, nonce, signature)
+    message's id.
+
+    A URL is known by its (checked) signature alone, in lower case as it is compared:
+    the timestamp and the nonce are signed concatenated, so they can be cut differently
+    ("12"+"345" or "123"+"45") or written otherwise under the same signature, and the
+    hex digits can change case; another signature needs the token."""
+    url = _digest(signature.lower())
     url_key = f"{CALLBACK_KEY}{url}"
     message_key = f"{CALLBACK_MESSAGE_KEY}{_digest(url, external_id or '')}"
     now = service.clock.now()
