@@ -154,10 +154,11 @@ async def test_a_bad_signature_gets_403_and_stores_nothing(wechat: Wechat, query
     assert await wechat.count(Message) == 0
 
 
-@pytest.mark.parametrize("age", [-301, 301, 86_400 * 365 * 20], ids=["future", "stale", "ancient"])
+@pytest.mark.parametrize("age", [-310, 310, 86_400 * 365 * 20], ids=["future", "stale", "ancient"])
 async def test_a_callback_signed_too_long_ago_or_ahead_gets_403(wechat: Wechat, age: int) -> None:
     """Correctly signed, but its timestamp is more than 5 minutes from now: a captured URL
-    replayed later, or a clock far off."""
+    replayed later, or a clock far off. (10 s beyond the limit: the request may be handled
+    in the next second.)"""
     query = signed_query(timestamp=int(time.time()) - age)
     response = await wechat.post(text_xml("oUser2", "hello"), query=query)
     assert response.status_code == 403
@@ -166,7 +167,10 @@ async def test_a_callback_signed_too_long_ago_or_ahead_gets_403(wechat: Wechat, 
 
 async def test_a_callback_signed_with_a_timestamp_that_is_no_number_gets_403(
         wechat: Wechat) -> None:
-    for stamp in ("soon", "-5", "1e9", "١٧٠٠٠٠٠٠٠٠", "9" * 40):  # Arabic-Indic digits too
+    arabic_indic_now = str(int(time.time())).translate(str.maketrans("0123456789",
+                                                                     "٠١٢٣٤٥٦٧٨٩"))
+    for stamp in ("soon", "-5", "1e9", "+" + str(int(time.time())), arabic_indic_now,
+                  "9" * 40):
         query = urlencode({"signature": signature(TOKEN, stamp, "1"), "timestamp": stamp,
                            "nonce": "1"})
         assert (await wechat.post(text_xml("oUser2", "hello"), query=query)).status_code == 403
@@ -190,6 +194,32 @@ async def test_a_signed_url_replayed_with_another_message_gets_403(wechat: Wecha
         texts = (await session.execute(select(Message.text).where(
             Message.direction == "in"))).scalars().all()
     assert texts == ["Where is my order?"]
+
+
+@pytest.mark.parametrize("first", ["voice", "click", "blank text"])
+async def test_a_signed_url_first_used_by_a_callback_not_answered_is_no_blank_cheque(
+        wechat: Wechat, first: str) -> None:
+    """A voice message, a menu click or blank text is acknowledged without an answer; the
+    URL it came with is bound to it all the same."""
+    bodies = {
+        "voice": ("<xml><ToUserName><![CDATA[gh_x]]></ToUserName><FromUserName><![CDATA["
+                  "oUser8]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType>"
+                  "<![CDATA[voice]]></MsgType><MediaId><![CDATA[m1]]></MediaId><MsgId>"
+                  "5550501</MsgId></xml>"),
+        "click": ("<xml><ToUserName><![CDATA[gh_x]]></ToUserName><FromUserName><![CDATA["
+                  "oUser8]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType>"
+                  "<![CDATA[event]]></MsgType><Event><![CDATA[CLICK]]></Event><EventKey>"
+                  "<![CDATA[menu]]></EventKey></xml>"),
+        "blank text": text_xml("oUser8", "   ", msg_id=5_550_502),
+    }
+    query = signed_query()
+    acknowledged = await wechat.post(bodies[first], query=query)
+    assert (acknowledged.status_code, acknowledged.text) == (200, "success")
+    forged = await wechat.post(text_xml("oVictim", "Cancel my orders", msg_id=5_550_503),
+                               query=query)
+    assert forged.status_code == 403
+    assert (await wechat.post(bodies[first], query=query)).status_code == 200  # a retry
+    assert await wechat.count(Message) == 0
 
 
 async def test_a_signed_url_rewritten_under_the_same_signature_is_still_a_replay(
@@ -228,8 +258,14 @@ async def test_one_signed_url_with_two_messages_at_once_stores_one(wechat: Wecha
 async def test_the_retention_job_forgets_callback_urls_after_a_day(wechat: Wechat) -> None:
     from bot.jobs import retention
 
+    others = ["slack:Ev01", "rate-limit:telegram:ab12", "job:monthly_report:2026-10",
+              "wechat-url", "wechat-urlx:1"]  # other keys, some close to these in name
+    async with wechat.service.db.sessions.begin() as session:
+        session.add_all(ProcessedEvent(key=key, received_at=wechat.clock.now())
+                        for key in others)
     await wechat.post(text_xml("oUser6", "hello", msg_id=5_550_301))
-    keys = select(ProcessedEvent.key).where(ProcessedEvent.key.startswith("wechat-url"))
+    keys = select(ProcessedEvent.key).where(ProcessedEvent.key.startswith("wechat-url"),
+                                            ProcessedEvent.key.not_in(others))
     async with wechat.service.db.sessions() as session:
         assert len((await session.execute(keys)).all()) == 2  # the URL's, the URL's + message's
     wechat.clock.advance(timedelta(hours=23))
@@ -240,6 +276,8 @@ async def test_the_retention_job_forgets_callback_urls_after_a_day(wechat: Wecha
     await retention(wechat.service)
     async with wechat.service.db.sessions() as session:
         assert (await session.execute(keys)).all() == []
+        kept = (await session.execute(select(ProcessedEvent.key))).scalars().all()
+    assert sorted(kept) == sorted(others)
 
 
 async def test_hostile_callbacks_are_refused_and_store_nothing(wechat: Wechat) -> None:

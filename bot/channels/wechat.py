@@ -12,11 +12,11 @@ sends the reply through the customer-service API once the window has passed.
 That API only reaches customers who wrote in the last 48 hours (error 45015): such a
 reply is held, the agents are told, and it goes out when the customer writes again.
 
-A signed callback URL is good for one message, for 5 minutes: its ``timestamp`` must be
-within ``CALLBACK_MAX_AGE`` of this machine's clock, and a URL seen before is accepted
-again only with the message it first came with (WeChat's retries of that message). In
-plain mode the signature covers the token, timestamp and nonce but not the body, so
-without this anyone who had seen one signed URL could post any message with it.
+A signed callback URL is good for 5 minutes: its ``timestamp`` must be within
+``CALLBACK_MAX_AGE`` of this machine's clock. In plain mode the signature covers the
+token, timestamp and nonce but not the body, so without more anyone who had seen one
+signed URL could post any message with it: there a URL seen before is accepted again
+only with the message it first came with (WeChat's retries of that message).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -194,7 +194,7 @@ def build_router(service: Service) -> APIRouter:
     def fresh(request: Request) -> bool:
         """The callback's timestamp is within ``CALLBACK_MAX_AGE`` of now."""
         stamp = request.query_params.get("timestamp", "")
-        return stamp.isdecimal() and len(stamp) <= 12 \
+        return stamp.isascii() and stamp.isdigit() and len(stamp) <= 12 \
             and abs(time.time() - int(stamp)) <= CALLBACK_MAX_AGE
 
     @router.get(WEBHOOK_PATH, include_in_schema=False)
@@ -227,24 +227,30 @@ def build_router(service: Service) -> APIRouter:
                     return Response("forbidden", status_code=403)
                 fields = parse_xml(crypto.decrypt(fields["Encrypt"]).encode())
             message = read_message(fields)
-            if message.kind == "event" and message.event == "subscribe":
-                text = "/start"  # a new follower is welcomed like Telegram's /start
-            elif message.kind in ("text", "image") and message.text.strip():
-                text = message.text
-            else:
-                return SUCCESS  # other events and message types: nothing to answer
+        except ProtocolError as exc:
+            log.info("wechat: callback refused: %s", exc)
+            return Response("bad request", status_code=400)
+        # Plain mode: every callback, answered or not, binds its URL to its message (in
+        # safe mode msg_signature covers the body, so a URL can only bring it again).
+        if crypto is None and not await claim_callback_url(
+                service, query.get("signature", ""), message.external_id):
+            log.warning("wechat: callback refused: its signed URL came before with another "
+                        "message (a replay)")
+            return Response("forbidden", status_code=403)
+        if message.kind == "event" and message.event == "subscribe":
+            text = "/start"  # a new follower is welcomed like Telegram's /start
+        elif message.kind in ("text", "image") and message.text.strip():
+            text = message.text
+        else:
+            return SUCCESS  # other events and message types: nothing to answer
+        try:
             # An open id or message id no column holds: UnfitMessage, refused the same way.
             inbound = fit_inbound(InboundMessage(channel=NAME, chat=message.open_id, text=text,
                                                  external_id=message.external_id,
                                                  attachments=message.attachments))
-        except (ProtocolError, UnfitMessage) as exc:
+        except UnfitMessage as exc:
             log.info("wechat: callback refused: %s", exc)
             return Response("bad request", status_code=400)
-        if not await claim_callback_url(service, query.get("signature", ""),
-                                        inbound.external_id):
-            log.warning("wechat: callback refused: its signed URL came before with another "
-                        "message (a replay)")
-            return Response("forbidden", status_code=403)
         reply = await answer_within(service, inbound, window)
         if reply is None:
             return SUCCESS
@@ -290,7 +296,8 @@ async def forget_callback_urls(session: AsyncSession, now: datetime) -> int:
     """The callback URLs' keys older than ``CALLBACK_KEYS_KEPT`` removed (the retention
     job); returns how many."""
     result = await session.execute(delete(ProcessedEvent).where(
-        ProcessedEvent.key.startswith(CALLBACK_KEY[:-1]),  # both prefixes
+        or_(ProcessedEvent.key.startswith(CALLBACK_KEY),
+            ProcessedEvent.key.startswith(CALLBACK_MESSAGE_KEY)),
         ProcessedEvent.received_at < now - CALLBACK_KEYS_KEPT))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
