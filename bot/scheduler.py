@@ -96,11 +96,11 @@ class Scheduler:
         try:
             done = await job.run(self.service)
         except asyncio.CancelledError:
-            # Only the scheduler's own shutdown cancels a run, after the grace period; the
-            # run's transaction is rolled back and the next run does its work. Ending the
+            # Only _stop_jobs cancels a run (shutdown, or the lock lost), after the grace
+            # period; the run's transaction is rolled back and the next run does its work. Ending the
             # task normally keeps APScheduler from reporting the cancel as a job error.
-            log.warning("scheduler: job %s stopped unfinished at shutdown; its next run "
-                        "does the rest", job.name)
+            log.warning("scheduler: job %s stopped unfinished (this process stops running "
+                        "the jobs); its next run does the rest", job.name)
             return
         except Exception:  # one failed run must not stop the schedule; the next run retries
             log.exception("scheduler: job %s failed", job.name)

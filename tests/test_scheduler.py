@@ -221,4 +221,5 @@ async def test_a_job_outlasting_the_grace_period_is_stopped_with_a_warning_not_a
     await asyncio.sleep(0.05)  # APScheduler's done-callback runs after the task ends
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert "Traceback" not in caplog.text
-    assert "job endless stopped unfinished at shutdown" in caplog.text
+    assert "job endless stopped unfinished (this process stops running the jobs)" \
+        in caplog.text
