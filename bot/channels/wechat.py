@@ -22,6 +22,7 @@ only with the message it first came with (WeChat's retries of that message).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -227,13 +228,18 @@ def build_router(service: Service) -> APIRouter:
                     return Response("forbidden", status_code=403)
                 fields = parse_xml(crypto.decrypt(fields["Encrypt"]).encode())
             message = read_message(fields)
-        except ProtocolError as exc:
+            # An open id or message id no column holds: UnfitMessage, refused the same way
+            # (before anything is written, the callback URL's keys included).
+            inbound = fit_inbound(InboundMessage(channel=NAME, chat=message.open_id, text="",
+                                                 external_id=message.external_id,
+                                                 attachments=message.attachments))
+        except (ProtocolError, UnfitMessage) as exc:
             log.info("wechat: callback refused: %s", exc)
             return Response("bad request", status_code=400)
         # Plain mode: every callback, answered or not, binds its URL to its message (in
         # safe mode msg_signature covers the body, so a URL can only bring it again).
         if crypto is None and not await claim_callback_url(
-                service, query.get("signature", ""), message.external_id):
+                service, query.get("signature", ""), inbound.external_id):
             log.warning("wechat: callback refused: its signed URL came before with another "
                         "message (a replay)")
             return Response("forbidden", status_code=403)
@@ -243,15 +249,7 @@ def build_router(service: Service) -> APIRouter:
             text = message.text
         else:
             return SUCCESS  # other events and message types: nothing to answer
-        try:
-            # An open id or message id no column holds: UnfitMessage, refused the same way.
-            inbound = fit_inbound(InboundMessage(channel=NAME, chat=message.open_id, text=text,
-                                                 external_id=message.external_id,
-                                                 attachments=message.attachments))
-        except UnfitMessage as exc:
-            log.info("wechat: callback refused: %s", exc)
-            return Response("bad request", status_code=400)
-        reply = await answer_within(service, inbound, window)
+        reply = await answer_within(service, dataclasses.replace(inbound, text=text), window)
         if reply is None:
             return SUCCESS
         xml = text_reply_xml(message.open_id, message.account, reply)
