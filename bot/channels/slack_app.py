@@ -393,6 +393,8 @@ def build_router(app: AsyncApp, signing_secret: str | None) -> APIRouter:
             except (ValueError, TypeError):
                 genuine = False
             if not genuine:
+                log.info("slack: request refused: bad signature, or a timestamp more than 5 "
+                         "minutes from this machine's clock")
                 return Response("invalid request signature", status_code=401)
         # Bolt parses the payload and indexes into it while it builds the request and
         # picks a listener; a signed payload of a shape Slack never sends is refused here.
