@@ -14,12 +14,14 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import rate_limit
 from bot.agent_desk import next_green_channel_check
-from bot.channels.wechat import forget_callback_urls
+from bot.channels.slack_app import EVENT_KEY as SLACK_EVENT_KEY
+from bot.channels.wechat import CALLBACK_KEY, CALLBACK_MESSAGE_KEY
 from bot.db.models import (
     Case,
     Contact,
@@ -345,14 +347,31 @@ async def monthly_report(service: Service) -> int:
 
 # --- retention ----------------------------------------------------------------------------------
 
+# processed_events keys that only guard a short while: a Slack event against Slack's
+# retries (minutes), a WeChat callback URL against a replay (5 minutes), a chat's
+# rate-limit notice (a minute). Forgotten after a day; the monthly report's keys stay
+# (they say which months were reported).
+SHORT_LIVED_KEYS = (SLACK_EVENT_KEY, CALLBACK_KEY, CALLBACK_MESSAGE_KEY, rate_limit.NOTICE_PREFIX)
+SHORT_LIVED_KEYS_KEPT = timedelta(days=1)
+
+
 async def retention(service: Service) -> int:
-    """Personal data past the retention period purged, and the WeChat callback URLs
-    remembered against replays forgotten once none of them could be accepted again."""
+    """Personal data past the retention period purged, and the short-lived
+    ``processed_events`` keys forgotten once nothing they guard against can come again."""
     now = service.clock.now()
     cutoff = now - timedelta(days=service.settings.retention.personal_data_days)
     async with service.db.sessions.begin() as session:
         return await purge_expired(session, cutoff, now) \
-            + await forget_callback_urls(session, now)
+            + await forget_short_lived_keys(session, now)
+
+
+async def forget_short_lived_keys(session: AsyncSession, now: datetime) -> int:
+    """``SHORT_LIVED_KEYS`` older than ``SHORT_LIVED_KEYS_KEPT`` deleted; how many."""
+    result = await session.execute(delete(ProcessedEvent).where(
+        or_(*(ProcessedEvent.key.startswith(prefix, autoescape=True)
+              for prefix in SHORT_LIVED_KEYS)),
+        ProcessedEvent.received_at < now - SHORT_LIVED_KEYS_KEPT))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def green_channel(service: Service) -> int:

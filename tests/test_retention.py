@@ -3,12 +3,20 @@ recent conversations stay."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
 from bot.clock import ManualClock
-from bot.db.models import Case, Contact, Conversation, Customer, Message, OutboxItem
+from bot.db.models import (
+    Case,
+    Contact,
+    Conversation,
+    Customer,
+    Message,
+    OutboxItem,
+    ProcessedEvent,
+)
 from bot.importer import apply_batch, validate_records
 from bot.jobs import retention
 from bot.service import Service
@@ -86,3 +94,24 @@ async def test_personal_data_older_than_three_years_is_purged(settings, database
                     assert needle not in dump, (table, needle)
     finally:
         await service.close()
+
+
+async def test_short_lived_delivery_keys_are_forgotten_after_a_day_and_others_kept(
+        service: Service) -> None:
+    """Slack event ids, WeChat callback URLs and rate-limit notices guard minutes; the
+    monthly report's keys say which months were reported and must stay."""
+    short_lived = ["slack:Ev01ABC", "wechat-url:ab12", "wechat-url-message:cd34",
+                   "rate-limit:telegram:ef56"]
+    kept = ["job:monthly_report:2026-10", "slackish:1", "wechat-urlx:1", "rate_limit:x"]
+    async with service.db.sessions.begin() as session:
+        session.add_all(ProcessedEvent(key=key, received_at=service.clock.now())
+                        for key in short_lived + kept)
+    keys = select(ProcessedEvent.key).order_by(ProcessedEvent.key)
+    service.clock.advance(timedelta(hours=23))  # type: ignore[attr-defined]
+    await retention(service)
+    async with service.db.sessions() as session:
+        assert (await session.execute(keys)).scalars().all() == sorted(short_lived + kept)
+    service.clock.advance(timedelta(hours=2))  # type: ignore[attr-defined]
+    await retention(service)
+    async with service.db.sessions() as session:
+        assert (await session.execute(keys)).scalars().all() == sorted(kept)

@@ -72,6 +72,9 @@ PAYLOAD_VIEWS = (to_options, to_shortcut, to_action, to_view, to_command, to_eve
 # agents.name, processed_events.key): a longer value is refused or clipped, never sent to
 # the database to fail there.
 SLACK_ID_MAX = 64
+# processed_events key prefix of a Slack event acted on (its event id follows); Slack
+# retries an event within minutes, so the retention job forgets these after a day.
+EVENT_KEY = "slack:"
 AGENT_NAME_MAX = 200
 ONCE_KEY_MAX = 128
 
@@ -263,7 +266,7 @@ class SlackDesk:
         if not text.strip():
             return
         event_id = body.get("event_id") or f"{channel}:{event.get('ts')}"
-        once_key = f"slack:{event_id}"
+        once_key = f"{EVENT_KEY}{event_id}"
         if len(once_key) > ONCE_KEY_MAX:  # Slack's event ids are a dozen characters
             log.warning("slack: event id too long to record; event ignored")
             return

@@ -26,15 +26,13 @@ import dataclasses
 import hashlib
 import logging
 import time
-from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.channels.base import (
     Delivery,
@@ -74,11 +72,10 @@ SUCCESS = PlainTextResponse("success")
 # How far a callback's timestamp may be from this machine's clock (WeChat retries within
 # about 15 seconds; the rest is for clocks that disagree).
 CALLBACK_MAX_AGE = 300
-# processed_events keys of the callback URLs seen (see claim_callback_url), kept a day:
-# far longer than a URL is accepted, so none is forgotten while it could be replayed.
+# processed_events key prefixes of the callback URLs seen (see claim_callback_url); the
+# retention job forgets them after a day, long after a URL could be accepted again.
 CALLBACK_KEY = "wechat-url:"
 CALLBACK_MESSAGE_KEY = "wechat-url-message:"
-CALLBACK_KEYS_KEPT = timedelta(days=1)
 
 
 class WechatApi:
@@ -288,16 +285,6 @@ async def claim_callback_url(service: Service, signature: str,
     except IntegrityError:  # seen before, or at this moment by another request
         async with service.db.sessions() as session:
             return await session.get(ProcessedEvent, message_key) is not None
-
-
-async def forget_callback_urls(session: AsyncSession, now: datetime) -> int:
-    """The callback URLs' keys older than ``CALLBACK_KEYS_KEPT`` removed (the retention
-    job); returns how many."""
-    result = await session.execute(delete(ProcessedEvent).where(
-        or_(ProcessedEvent.key.startswith(CALLBACK_KEY),
-            ProcessedEvent.key.startswith(CALLBACK_MESSAGE_KEY)),
-        ProcessedEvent.received_at < now - CALLBACK_KEYS_KEPT))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def answer_within(service: Service, inbound: InboundMessage, window: float) -> str | None:
