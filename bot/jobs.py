@@ -18,11 +18,9 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import rate_limit
 from bot.agent_desk import next_green_channel_check
-from bot.channels.slack_app import EVENT_KEY as SLACK_EVENT_KEY
-from bot.channels.wechat import CALLBACK_KEY, CALLBACK_MESSAGE_KEY
 from bot.db.models import (
+    SHORT_LIVED_KEYS,
     Case,
     Contact,
     Conversation,
@@ -347,11 +345,8 @@ async def monthly_report(service: Service) -> int:
 
 # --- retention ----------------------------------------------------------------------------------
 
-# processed_events keys that only guard a short while: a Slack event against Slack's
-# retries (minutes), a WeChat callback URL against a replay (5 minutes), a chat's
-# rate-limit notice (a minute). Forgotten after a day; the monthly report's keys stay
-# (they say which months were reported).
-SHORT_LIVED_KEYS = (SLACK_EVENT_KEY, CALLBACK_KEY, CALLBACK_MESSAGE_KEY, rate_limit.NOTICE_PREFIX)
+# How long the processed_events keys that guard only minutes are kept (SHORT_LIVED_KEYS,
+# bot/db/models.py): long after anything they guard against could come again.
 SHORT_LIVED_KEYS_KEPT = timedelta(days=1)
 
 
@@ -361,8 +356,11 @@ async def retention(service: Service) -> int:
     now = service.clock.now()
     cutoff = now - timedelta(days=service.settings.retention.personal_data_days)
     async with service.db.sessions.begin() as session:
-        return await purge_expired(session, cutoff, now) \
-            + await forget_short_lived_keys(session, now)
+        purged = await purge_expired(session, cutoff, now)
+        forgotten = await forget_short_lived_keys(session, now)
+    log.info("retention: %d rows of personal data purged, %d short-lived keys forgotten",
+             purged, forgotten)
+    return purged + forgotten
 
 
 async def forget_short_lived_keys(session: AsyncSession, now: datetime) -> int:

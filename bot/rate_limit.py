@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.selectable import ScalarSelect
 
-from bot.db.models import Conversation, Message, ProcessedEvent
+from bot.db.models import RATE_LIMIT_NOTICE_KEY, Conversation, Message, ProcessedEvent
 
 if TYPE_CHECKING:
     from bot.config import LimitsSettings
@@ -43,13 +43,12 @@ if TYPE_CHECKING:
     from bot.types import InboundMessage
 
 WINDOW = timedelta(minutes=1)
-NOTICE_PREFIX = "rate-limit:"
 
 
 def notice_key(channel: str, chat: str) -> str:
     """The ``processed_events`` key that remembers when a chat was last told."""
     digest = hashlib.sha256(f"{channel}\x00{chat}".encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{NOTICE_PREFIX}{channel[:32]}:{digest[:40]}"
+    return f"{RATE_LIMIT_NOTICE_KEY}{channel[:32]}:{digest[:40]}"
 
 
 def _recent_conversations(channel: object, chat: object, since: object) -> ScalarSelect[int]:

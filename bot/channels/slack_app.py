@@ -47,7 +47,7 @@ from bot import agent_desk, kpis, ownership
 from bot.agent_actions import ActionOutcome, perform
 from bot.channels.slack import SlackChannel
 from bot.channels.slack_blocks import transfer_offer
-from bot.db.models import Agent
+from bot.db.models import SLACK_EVENT_KEY, Agent
 from bot.pipeline import clip_text, storable_text
 from bot.service import Service
 from bot.web.limits import read_body
@@ -72,9 +72,6 @@ PAYLOAD_VIEWS = (to_options, to_shortcut, to_action, to_view, to_command, to_eve
 # agents.name, processed_events.key): a longer value is refused or clipped, never sent to
 # the database to fail there.
 SLACK_ID_MAX = 64
-# processed_events key prefix of a Slack event acted on (its event id follows); Slack
-# retries an event within minutes, so the retention job forgets these after a day.
-EVENT_KEY = "slack:"
 AGENT_NAME_MAX = 200
 ONCE_KEY_MAX = 128
 
@@ -266,7 +263,7 @@ class SlackDesk:
         if not text.strip():
             return
         event_id = body.get("event_id") or f"{channel}:{event.get('ts')}"
-        once_key = f"{EVENT_KEY}{event_id}"
+        once_key = f"{SLACK_EVENT_KEY}{event_id}"
         if len(once_key) > ONCE_KEY_MAX:  # Slack's event ids are a dozen characters
             log.warning("slack: event id too long to record; event ignored")
             return

@@ -52,7 +52,12 @@ from bot.channels.wechat_protocol import (
     text_reply_xml,
 )
 from bot.config import WechatSettings
-from bot.db.models import OutboxItem, ProcessedEvent
+from bot.db.models import (
+    WECHAT_URL_KEY,
+    WECHAT_URL_MESSAGE_KEY,
+    OutboxItem,
+    ProcessedEvent,
+)
 from bot.pipeline import InvalidMessage, UnfitMessage, fit_inbound
 from bot.service import Service
 from bot.types import InboundMessage
@@ -72,10 +77,6 @@ SUCCESS = PlainTextResponse("success")
 # How far a callback's timestamp may be from this machine's clock (WeChat retries within
 # about 15 seconds; the rest is for clocks that disagree).
 CALLBACK_MAX_AGE = 300
-# processed_events key prefixes of the callback URLs seen (see claim_callback_url); the
-# retention job forgets them after a day, long after a URL could be accepted again.
-CALLBACK_KEY = "wechat-url:"
-CALLBACK_MESSAGE_KEY = "wechat-url-message:"
 
 
 class WechatApi:
@@ -273,8 +274,8 @@ async def claim_callback_url(service: Service, signature: str,
     ("12"+"345" or "123"+"45") or written otherwise under the same signature, and the
     hex digits can change case; another signature needs the token."""
     url = _digest(signature.lower())
-    url_key = f"{CALLBACK_KEY}{url}"
-    message_key = f"{CALLBACK_MESSAGE_KEY}{_digest(url, external_id or '')}"
+    url_key = f"{WECHAT_URL_KEY}{url}"
+    message_key = f"{WECHAT_URL_MESSAGE_KEY}{_digest(url, external_id or '')}"
     now = service.clock.now()
     try:
         async with service.db.sessions.begin() as session:

@@ -380,3 +380,15 @@ class ProcessedEvent(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(index=True)
+
+
+# The kinds of processed_events keys, by prefix. These guard only minutes, and the retention
+# job forgets them after a day (bot/jobs.py): a Slack event acted on (against Slack's
+# retries), a WeChat callback URL and the message it came with (against a replay), a chat's
+# last rate-limit notice. The monthly report's keys (``job:monthly_report:<month>``) stay.
+SLACK_EVENT_KEY = "slack:"
+WECHAT_URL_KEY = "wechat-url:"
+WECHAT_URL_MESSAGE_KEY = "wechat-url-message:"
+RATE_LIMIT_NOTICE_KEY = "rate-limit:"
+SHORT_LIVED_KEYS = (SLACK_EVENT_KEY, WECHAT_URL_KEY, WECHAT_URL_MESSAGE_KEY,
+                    RATE_LIMIT_NOTICE_KEY)
