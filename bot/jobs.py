@@ -358,8 +358,9 @@ async def retention(service: Service) -> int:
     async with service.db.sessions.begin() as session:
         purged = await purge_expired(session, cutoff, now)
         forgotten = await forget_short_lived_keys(session, now)
-    log.info("retention: %d rows of personal data purged, %d short-lived keys forgotten",
-             purged, forgotten)
+    if purged or forgotten:
+        log.info("retention: %d rows of personal data purged, %d short-lived keys forgotten",
+                 purged, forgotten)
     return purged + forgotten
 
 
