@@ -25,7 +25,6 @@ refused: it is answered as the duplicate it is.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -34,7 +33,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.selectable import ScalarSelect
 
-from bot.db.models import RATE_LIMIT_NOTICE_KEY, Conversation, Message, ProcessedEvent
+from bot.db.models import (
+    RATE_LIMIT_NOTICE_KEY,
+    Conversation,
+    Message,
+    ProcessedEvent,
+    key_digest,
+)
 
 if TYPE_CHECKING:
     from bot.config import LimitsSettings
@@ -47,8 +52,7 @@ WINDOW = timedelta(minutes=1)
 
 def notice_key(channel: str, chat: str) -> str:
     """The ``processed_events`` key that remembers when a chat was last told."""
-    digest = hashlib.sha256(f"{channel}\x00{chat}".encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{RATE_LIMIT_NOTICE_KEY}{channel[:32]}:{digest[:40]}"
+    return f"{RATE_LIMIT_NOTICE_KEY}{channel[:32]}:{key_digest(channel, chat)}"
 
 
 def _recent_conversations(channel: object, chat: object, since: object) -> ScalarSelect[int]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import time
 from typing import Any
@@ -57,6 +56,7 @@ from bot.db.models import (
     WECHAT_URL_MESSAGE_KEY,
     OutboxItem,
     ProcessedEvent,
+    key_digest,
 )
 from bot.pipeline import InvalidMessage, UnfitMessage, fit_inbound
 from bot.service import Service
@@ -258,10 +258,6 @@ def build_router(service: Service) -> APIRouter:
     return router
 
 
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:40]
-
-
 async def claim_callback_url(service: Service, signature: str,
                              external_id: str | None) -> bool:
     """True the first time a signed callback URL comes, and when it comes again with the
@@ -273,9 +269,9 @@ async def claim_callback_url(service: Service, signature: str,
     the timestamp and the nonce are signed concatenated, so they can be cut differently
     ("12"+"345" or "123"+"45") or written otherwise under the same signature, and the
     hex digits can change case; another signature needs the token."""
-    url = _digest(signature.lower())
+    url = key_digest(signature.lower())
     url_key = f"{WECHAT_URL_KEY}{url}"
-    message_key = f"{WECHAT_URL_MESSAGE_KEY}{_digest(url, external_id or '')}"
+    message_key = f"{WECHAT_URL_MESSAGE_KEY}{key_digest(url, external_id or '')}"
     now = service.clock.now()
     try:
         async with service.db.sessions.begin() as session:

@@ -6,6 +6,7 @@ migrations stay stable across databases.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -392,3 +393,10 @@ WECHAT_URL_MESSAGE_KEY = "wechat-url-message:"
 RATE_LIMIT_NOTICE_KEY = "rate-limit:"
 SHORT_LIVED_KEYS = (SLACK_EVENT_KEY, WECHAT_URL_KEY, WECHAT_URL_MESSAGE_KEY,
                     RATE_LIMIT_NOTICE_KEY)
+
+
+def key_digest(*parts: str) -> str:
+    """A key's part made from others (a chat id, a signed URL) without holding them: 40 hex
+    digits of their SHA-256, so no personal data sits in a key."""
+    joined = "\x00".join(parts).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(joined).hexdigest()[:40]
